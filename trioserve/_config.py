@@ -1,0 +1,86 @@
+"""One frozen object for every protocol and timeout knob.
+
+It is validated when built and does no I/O: opening sockets is the listeners' job, so the same
+config can serve any set of listeners. Each default says where its number comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from ._errors import ConfigError
+
+__all__ = ["LifespanMode", "ServerConfig"]
+
+LifespanMode = Literal["auto", "on", "off"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Settings for one running server; `dataclasses.replace` makes variants."""
+
+    # 5 s: uvicorn's and hypercorn's default; long enough for a browser's next request, short
+    # enough that idle connections do not pile up (each costs a few KiB and an fd).
+    keep_alive_timeout: float = 5.0
+    # 10 s to deliver a whole request head (slowloris): nginx's client_header_timeout is 60 s,
+    # but no legitimate client needs more than a few round trips to send a head.
+    header_timeout: float = 10.0
+    # 60 s without any body byte while the app waits for one: nginx's client_body_timeout.
+    body_timeout: float = 60.0
+    # 60 s without the client accepting any response byte: nginx's send_timeout.
+    write_timeout: float = 60.0
+    # 16 KiB: h11's and uvicorn's limit; enforced by us on the whole head, however it arrives.
+    max_header_size: int = 16 * 1024
+    # 100 fields: Apache's LimitRequestFields and Go's practical ceiling; real browsers send ~20.
+    max_header_count: int = 100
+    # None: no limit on request bodies (the app decides); set it when nothing upstream does.
+    max_body_size: int | None = None
+    # None: unbounded. Requests beyond this many in progress get 503 at once.
+    limit_concurrency: int | None = None
+    # ASGI root_path, for apps mounted below a prefix by a proxy.
+    root_path: str = ""
+    lifespan: LifespanMode = "auto"
+    # The Server header value; None sends none.
+    server_header: str | None = "trioserve"
+    # 30 s: systemd's default TimeoutStopSec is 90 s, so a drain fits well inside it.
+    graceful_timeout: float = 30.0
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("keep_alive_timeout", "header_timeout", "body_timeout", "write_timeout"):
+            value = getattr(self, name)
+            if not (value > 0 and not math.isnan(value)):
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+        if not (self.graceful_timeout >= 0 and not math.isnan(self.graceful_timeout)):
+            raise ConfigError(
+                f"graceful_timeout must be zero or more seconds, not {self.graceful_timeout!r}"
+            )
+        if self.max_header_size < 1024:
+            raise ConfigError(f"max_header_size must be at least 1024, not {self.max_header_size}")
+        if self.max_header_count < 1:
+            raise ConfigError(f"max_header_count must be positive, not {self.max_header_count}")
+        if self.max_body_size is not None and self.max_body_size < 0:
+            raise ConfigError(f"max_body_size must be zero or more, not {self.max_body_size}")
+        if self.limit_concurrency is not None and self.limit_concurrency < 1:
+            raise ConfigError(
+                f"limit_concurrency must be at least 1, not {self.limit_concurrency}"
+            )
+        if self.lifespan not in ("auto", "on", "off"):
+            raise ConfigError(f"lifespan must be auto, on or off, not {self.lifespan!r}")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ConfigError(
+                f"root_path must start with / and not end with one, not {self.root_path!r}"
+            )
+        if self.server_header is not None and not _is_token_text(self.server_header):
+            raise ConfigError(f"server_header has characters a header cannot carry: "
+                              f"{self.server_header!r}")
+
+    def replace(self, **changes: object) -> ServerConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _is_token_text(value: str) -> bool:
+    return bool(value) and all(0x20 <= ord(c) < 0x7F for c in value)
