@@ -75,8 +75,9 @@ class ServerConfig:
                 f"root_path must start with / and not end with one, not {self.root_path!r}"
             )
         if self.server_header is not None and not _is_token_text(self.server_header):
-            raise ConfigError(f"server_header has characters a header cannot carry: "
-                              f"{self.server_header!r}")
+            raise ConfigError(
+                f"server_header has characters a header cannot carry: {self.server_header!r}"
+            )
 
     def replace(self, **changes: object) -> ServerConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
