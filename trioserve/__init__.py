@@ -12,18 +12,28 @@ from ._errors import (
     SpecError,
     TrioserveError,
 )
+from ._listeners import Listener, inherited_listeners, open_listeners
+from ._spec import FdSpec, ListenSpec, TcpSpec, UnixSpec, parse_listen
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AppLoadError",
     "ConfigError",
+    "FdSpec",
     "InheritedFdError",
     "LifespanError",
     "LifespanMode",
     "ListenError",
+    "ListenSpec",
+    "Listener",
     "ServerConfig",
     "SpecError",
+    "TcpSpec",
     "TrioserveError",
+    "UnixSpec",
     "__version__",
+    "inherited_listeners",
+    "open_listeners",
+    "parse_listen",
 ]
