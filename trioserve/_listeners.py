@@ -397,6 +397,10 @@ async def _bind_tcp(
             v6only = spec.v6only is not False
             sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, int(v6only))
         await sock.bind(sockaddr)
+        if family == _socket.AF_INET6:
+            # Read back: binding a specific IPv6 address makes the socket IPv6-only whatever
+            # we asked, since it cannot receive IPv4 (v4-mapped addresses excepted).
+            v6only = bool(sock.getsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY))
         backlog = spec.backlog or DEFAULT_BACKLOG
         sock.listen(backlog)
         address = _address(family, sock.getsockname())

@@ -32,6 +32,7 @@ __all__ = [
     "Option",
     "TcpSpec",
     "UnixSpec",
+    "forms_markdown",
     "options_markdown",
     "parse_listen",
 ]
@@ -361,6 +362,8 @@ def _parse_tcp(address: str, options: dict[str, object]) -> TcpSpec:
     v6only = options.get("v6only")
     if v6only is not None and host is not None and _is_ipv4(host):
         raise _Bad(f"option v6only does not apply to the IPv4 address {host}")
+    if v6only is not False and host is not None and _is_v4_mapped(host):
+        raise _Bad(f"the IPv4-mapped address {host} takes IPv4 traffic, so it needs ?v6only=0")
     return TcpSpec(host, port, v6only=_opt_bool(v6only), backlog=_opt_int(options.get("backlog")))
 
 
@@ -449,6 +452,14 @@ def _is_ipv4(text: str) -> bool:
         return ipaddress.ip_address(text).version == 4
     except ValueError:
         return False
+
+
+def _is_v4_mapped(text: str) -> bool:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None
 
 
 def _opt_bool(value: object) -> bool | None:

@@ -238,8 +238,8 @@ def check_fd(inherited: InheritedFd, facts: FdFacts) -> Literal["listener", "con
         raise InheritedFdError(f"{inherited} is {what}, not a stream socket")
     if facts.family not in _SERVED_FAMILIES:
         raise InheritedFdError(
-            f"{inherited} is a {_family_name(facts.family)} socket; only TCP and unix sockets "
-            "are served"
+            f"{inherited} is a socket of family {_family_name(facts.family)}; only TCP and unix "
+            "sockets are served"
         )
     if facts.listening:
         return "listener"
