@@ -1,0 +1,194 @@
+"""The servers under test and the virtual environment they all run from.
+
+`benchmarks/.venv-peers` (git-ignored) holds the peers at pinned versions from PyPI, matplotlib
+for the chart, and this repository installed in editable mode, so trioserve and every peer run
+the same interpreter and import the same `apps` module. It is built on first use and rebuilt
+when the pins below change (a stamp file inside it records what was installed).
+
+Every server runs as one process with one worker (granian forks its one worker; the harness sums
+the process tree), logs at warning level with access logs off, keeps idle connections for 300 s
+(so the memory scenario measures connections, not a keep-alive timeout) and otherwise runs with
+its defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PINS", "SERVERS", "Server", "ensure_venv", "installed_versions"]
+
+PINS = (
+    "hypercorn==0.18.0",
+    "uvicorn==0.54.0",
+    "httptools==0.9.0",
+    "uvloop==0.23.0",
+    "trio==0.35.0",
+    "h11==0.16.0",
+    "matplotlib==3.11.2",
+)
+# Rust wheels: installed on their own so that a platform without one still gets the rest.
+OPTIONAL_PINS = ("granian==2.8.7",)
+KEEP_ALIVE = "300"
+_STAMP = "bench-stamp.json"
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    title: str  # how tables and the chart name it
+    package: str  # the distribution whose version the report shows
+    argv: Callable[[Path, str, int], list[str]]  # (venv bin dir, "apps:NAME", port) -> argv
+    notify: bool = False  # readiness through NOTIFY_SOCKET, listening on port 0
+
+
+def _trioserve(bin_dir: Path, app: str, port: int) -> list[str]:
+    return [
+        str(bin_dir / "trioserve"),
+        app,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--keep-alive-timeout",
+        KEEP_ALIVE,
+    ]
+
+
+def _hypercorn_trio(bin_dir: Path, app: str, port: int) -> list[str]:
+    # -w 0 serves in the hypercorn process itself instead of forking one worker.
+    return [
+        str(bin_dir / "hypercorn"),
+        "--worker-class",
+        "trio",
+        "--workers",
+        "0",
+        "--keep-alive",
+        KEEP_ALIVE,
+        "--log-level",
+        "warning",
+        "--bind",
+        f"127.0.0.1:{port}",
+        app,
+    ]
+
+
+def _uvicorn(http: str, loop: str) -> Callable[[Path, str, int], list[str]]:
+    def argv(bin_dir: Path, app: str, port: int) -> list[str]:
+        return [
+            str(bin_dir / "uvicorn"),
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--http",
+            http,
+            "--loop",
+            loop,
+            "--lifespan",
+            "on",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--timeout-keep-alive",
+            KEEP_ALIVE,
+        ]
+
+    return argv
+
+
+def _granian(bin_dir: Path, app: str, port: int) -> list[str]:
+    # granian has no HTTP/1 idle timeout to raise.
+    return [
+        str(bin_dir / "granian"),
+        "--interface",
+        "asgi",
+        "--http",
+        "1",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--runtime-threads",
+        "1",
+        "--loop",
+        "uvloop",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        app,
+    ]
+
+
+SERVERS = {
+    server.name: server
+    for server in (
+        Server("trioserve", "trioserve", "trioserve", _trioserve, notify=True),
+        Server("hypercorn-trio", "hypercorn (trio)", "hypercorn", _hypercorn_trio),
+        Server("uvicorn-h11", "uvicorn (h11, asyncio)", "uvicorn", _uvicorn("h11", "asyncio")),
+        Server(
+            "uvicorn-httptools",
+            "uvicorn (httptools, uvloop)",
+            "uvicorn",
+            _uvicorn("httptools", "uvloop"),
+        ),
+        Server("granian", "granian", "granian", _granian),
+    )
+}
+
+
+def _pip(python: Path, *args: str) -> bool:
+    command = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    return subprocess.run([*command, *args], check=False).returncode == 0
+
+
+def ensure_venv(venv: Path, repo: Path, *, rebuild: bool = False) -> list[str]:
+    """Create or reuse the peers' venv; returns the optional pins that did not install."""
+    python = venv / "bin" / "python"
+    stamp = venv / _STAMP
+    wanted = {"pins": list(PINS), "optional": list(OPTIONAL_PINS)}
+    if not rebuild and python.exists() and stamp.exists():
+        recorded = json.loads(stamp.read_text())
+        if {key: recorded.get(key) for key in wanted} == wanted:
+            missing: list[str] = recorded.get("missing", [])
+            return missing
+    print(f"setting up {venv.name} (peers at pinned versions, this repo editable)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    if not _pip(python, *PINS, "-e", str(repo)):
+        raise SystemExit("pip could not install the pinned peers; see its output above")
+    missing = [pin for pin in OPTIONAL_PINS if not _pip(python, pin)]
+    for pin in missing:
+        print(f"note: {pin} did not install; its server is left out", flush=True)
+    stamp.write_text(json.dumps({**wanted, "missing": missing}, indent=1) + "\n")
+    return missing
+
+
+def installed_versions(venv: Path) -> dict[str, str]:
+    """Versions of the servers and their parsers in the venv, for the report."""
+    names = ["trioserve", "hypercorn", "uvicorn", "h11", "httptools", "uvloop", "trio", "granian"]
+    script = (
+        "import importlib.metadata as m, json, sys\n"
+        "out = {'python': sys.version.split()[0]}\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        out[name] = m.version(name)\n"
+        "    except m.PackageNotFoundError:\n"
+        "        pass\n"
+        "print(json.dumps(out))\n"
+    )
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", script, *names],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    versions: dict[str, str] = json.loads(result.stdout)
+    return versions

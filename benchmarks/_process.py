@@ -1,0 +1,262 @@
+"""Servers under test as processes: start pinned, wait until ready, read /proc, stop by PID.
+
+Every process this module starts is one the harness owns, and it is stopped by its PID (SIGTERM,
+then SIGKILL after a bound). Some servers fork workers of their own (granian always runs its
+worker in a child process), so CPU time and RSS are summed over the server's process tree, and
+a worker left behind after its parent was killed is killed by its PID as well.
+
+Readiness: trioserve is started with `NOTIFY_SOCKET` pointing at a datagram socket the harness
+bound, and is ready when `READY=1` arrives (its `STATUS=` names the port it picked from
+`127.0.0.1:0`). The peers have no such signal here, so they get a port from `PORT_RANGE` and are
+polled with connect attempts every 10 ms under a deadline: acceptable in a benchmark harness, not
+in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "PORT_RANGE",
+    "ServerProcess",
+    "StartError",
+    "free_port",
+    "request_ok",
+    "start_server",
+]
+
+# Fixed high ports, below Linux's default ephemeral range (32768-60999) so no client socket of
+# ours can be sitting on one. Each start takes the next port from a random point in the range and
+# checks it is free by binding it without SO_REUSEADDR (a TIME_WAIT left by an earlier run makes
+# that bind fail, so such a port is skipped too).
+PORT_RANGE = range(18000, 19000)
+_port_cursor = random.randrange(len(PORT_RANGE))
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_STATUS_PORT = re.compile(rb"http://127\.0\.0\.1:(\d+)")
+_HELLO_REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+
+
+class StartError(Exception):
+    """A server did not become ready before its deadline, or exited while starting."""
+
+
+def free_port() -> int:
+    global _port_cursor
+    for _ in range(len(PORT_RANGE)):
+        port = PORT_RANGE[_port_cursor % len(PORT_RANGE)]
+        _port_cursor += 1
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    raise StartError(f"no free port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    # The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(_stat_fields(int(entry))[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
+@dataclass
+class ServerProcess:
+    """A started server: its PID, the port it serves and where its stderr goes."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    started_at: float
+    seen_pids: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def tree(self) -> list[int]:
+        """The server's PID and every descendant's, parents first."""
+        pids = [self.pid]
+        index = 0
+        while index < len(pids):
+            pids.extend(_children(pids[index]))
+            index += 1
+        self.seen_pids.update(pids)
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the whole tree (all threads), from /proc/PID/stat."""
+        ticks = 0
+        for pid in self.tree():
+            with contextlib.suppress(OSError, IndexError):
+                fields = _stat_fields(pid)
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / _CLK_TCK
+
+    def rss_kib(self) -> int:
+        """VmRSS of the whole tree in KiB, from /proc/PID/status."""
+        total = 0
+        for pid in self.tree():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        return total
+
+    def log_tail(self, lines: int = 15) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def terminate(self, timeout: float) -> tuple[float, int | None]:
+        """SIGTERM, wait up to `timeout`; (seconds to exit, exit code or None if it was killed)."""
+        self.tree()  # remember the workers now, while the parent still knows them
+        start = time.monotonic()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+        try:
+            code: int | None = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        elapsed = time.monotonic() - start
+        self.kill()
+        return elapsed, code
+
+    def kill(self) -> None:
+        """SIGKILL the server if it is still running, and any worker it left behind."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait(10)
+        for pid in self.seen_pids - {self.pid}:
+            with contextlib.suppress(OSError, IndexError):
+                if _stat_fields(pid)[0] != "Z":
+                    os.kill(pid, signal.SIGKILL)
+
+
+def request_ok(port: int, timeout: float = 5.0) -> bool:
+    """One `GET /` on a new connection; True if the answer is a 200."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(_HELLO_REQUEST)
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def start_server(
+    name: str,
+    argv: Sequence[str],
+    *,
+    port: int,
+    notify: bool,
+    env: dict[str, str],
+    cwd: Path,
+    log_dir: Path,
+    core: int | None,
+    deadline: float = 30.0,
+    until_response: bool = False,
+) -> ServerProcess:
+    """Start `argv` pinned to `core` and return once it accepts connections.
+
+    With `notify`, `argv` listens on port 0 (pass `port=0`) and readiness is `READY=1` on
+    `NOTIFY_SOCKET`; otherwise `port` is the one from `free_port()` that `argv` names, and it is
+    polled. `until_response` waits for a served 200 rather than an accepted connection (the
+    startup scenario).
+    """
+    command = list(argv)
+    if core is not None:
+        command = ["taskset", "-c", str(core), *command]
+    log_path = log_dir / f"{name}.{time.monotonic_ns()}.log"
+    env = dict(env)
+    notify_dir = None
+    notify_sock = None
+    try:
+        if notify:
+            notify_dir = tempfile.TemporaryDirectory(prefix="bench-notify-")
+            notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            notify_sock.bind(os.path.join(notify_dir.name, "notify"))
+            notify_sock.settimeout(0.1)
+            env["NOTIFY_SOCKET"] = os.path.join(notify_dir.name, "notify")
+        with log_path.open("wb") as log:
+            started_at = time.monotonic()
+            proc = subprocess.Popen(
+                command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        server = ServerProcess(name, proc, port, log_path, started_at)
+        try:
+            server.port = _wait_ready(server, notify_sock, started_at + deadline, until_response)
+        except BaseException:
+            server.kill()
+            raise
+        return server
+    finally:
+        if notify_sock is not None:
+            notify_sock.close()
+        if notify_dir is not None:
+            notify_dir.cleanup()
+
+
+def _wait_ready(
+    server: ServerProcess,
+    notify_sock: socket.socket | None,
+    deadline: float,
+    until_response: bool,
+) -> int:
+    port = server.port
+    while True:
+        if server.proc.poll() is not None:
+            raise StartError(
+                f"{server.name} exited with {server.proc.returncode} while starting:\n"
+                + server.log_tail()
+            )
+        if time.monotonic() > deadline:
+            raise StartError(f"{server.name} not ready in time:\n" + server.log_tail())
+        if notify_sock is not None:
+            try:
+                message = notify_sock.recv(4096)
+            except TimeoutError:
+                continue
+            if b"READY=1" not in message.split(b"\n"):
+                continue
+            match = _STATUS_PORT.search(message)
+            if match is None:
+                raise StartError(f"READY=1 without a 127.0.0.1 port in STATUS: {message!r}")
+            port = int(match.group(1))
+            if not until_response or request_ok(port):
+                return port
+            raise StartError(f"{server.name} said READY=1 but did not answer a request")
+        if until_response:
+            if request_ok(port, timeout=1.0):
+                return port
+        else:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+                return port
+        time.sleep(0.002 if until_response else 0.01)

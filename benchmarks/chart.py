@@ -1,0 +1,77 @@
+"""Draw the results JSON that run.py wrote as a PNG of bar charts, one panel per scenario.
+
+Runs in the peers' virtual environment, which has matplotlib (run.py calls it there):
+
+    .venv-peers/bin/python chart.py RESULTS.json OUT.png
+
+Each panel shows one metric for every server measured in that scenario; trioserve's bar is
+drawn in a different colour, and each peer's bar is labelled with trioserve's ratio to it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+# metric shown per kind of scenario: (key, axis label, higher is better)
+_METRIC = {
+    "load": ("rps", "req/s", True),
+    "memory": ("kib_per_conn", "KiB per idle connection", False),
+    "startup": ("seconds", "seconds to first response", False),
+    "sigterm": ("seconds", "seconds from SIGTERM to exit", False),
+}
+_SUBJECT = "trioserve"
+
+
+def draw(data: dict[str, Any], out: Path) -> None:
+    matplotlib: Any = importlib.import_module("matplotlib")
+    matplotlib.use("Agg")
+    plt: Any = importlib.import_module("matplotlib.pyplot")
+
+    scenarios = [s for s in data["scenarios"] if any(m["values"] for m in s["measurements"])]
+    columns = 2 if len(scenarios) > 1 else 1
+    rows = math.ceil(len(scenarios) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.4 * columns, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(scenarios) :]:
+        ax.set_visible(False)
+    for ax, scenario in zip(axes.flat, scenarios, strict=False):
+        key, label, higher_better = _METRIC[scenario["kind"]]
+        measured = [m for m in scenario["measurements"] if key in m["values"]]
+        names = [m["title"] for m in measured]
+        values = [m["values"][key] for m in measured]
+        colours = ["#d9480f" if m["server"] == _SUBJECT else "#748ffc" for m in measured]
+        bars = ax.barh(names, values, color=colours)
+        ax.invert_yaxis()
+        ax.set_title(f"{scenario['name']}: {scenario['title']}", fontsize=9, loc="left")
+        better = "higher is better" if higher_better else "lower is better"
+        ax.set_xlabel(f"{label} ({better})", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ours = next((m["values"][key] for m in measured if m["server"] == _SUBJECT), None)
+        for bar, m, value in zip(bars, measured, values, strict=True):
+            text = f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+            if ours is not None and m["server"] != _SUBJECT and value:
+                text += f"  (trioserve {ours / value:.2f}x)"
+            ax.text(
+                bar.get_width(),
+                bar.get_y() + bar.get_height() / 2,
+                " " + text,
+                va="center",
+                fontsize=7,
+            )
+        ax.set_xlim(0, max(values) * 1.45 if values else 1)
+    fig.suptitle(data["title"], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+
+
+def main() -> None:
+    data = json.loads(Path(sys.argv[1]).read_text())
+    draw(data, Path(sys.argv[2]))
+
+
+if __name__ == "__main__":
+    main()

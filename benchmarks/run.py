@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Benchmark trioserve against its peers, side by side, in one run on this machine.
+
+    python3 benchmarks/run.py                  # every scenario, every server (~10 minutes)
+    python3 benchmarks/run.py --quick          # hello world at 64 connections, every server
+    python3 benchmarks/run.py --servers trioserve,uvicorn-h11 --scenarios hello-64,stream-64
+
+Needs Linux (it reads /proc), `taskset` and wrk (Debian package `wrk`; installed with apt-get
+when missing and running as root). The peers run from `benchmarks/.venv-peers`, built on first
+use. Results: a markdown table on stdout and in `benchmarks/results/DATE-SET.md` (with the raw
+numbers beside it as JSON), and a PNG chart. See benchmarks/README.md for what each scenario
+means and how to read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import _report
+import _wrk
+from _peers import SERVERS, ensure_venv, installed_versions
+from _process import StartError
+from _scenarios import QUICK, SCENARIOS, Bench, Measurement
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+VENV = BENCH_DIR / ".venv-peers"
+RESULTS = BENCH_DIR / "results"
+DOCS_CHART = REPO / "docs" / "performance.png"
+FD_NEEDED = 10_000 + 512  # the largest idle scenario, plus the server's own descriptors
+
+# The figure each kind of scenario is judged by, for picking the median round.
+_PRIMARY = {"load": "rps", "memory": "kib_per_conn", "startup": "seconds", "sigterm": "seconds"}
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only: " + ", ".join(QUICK))
+    parser.add_argument(
+        "--servers", help="comma-separated subset of: " + ", ".join(SERVERS), default=""
+    )
+    parser.add_argument(
+        "--scenarios", help="comma-separated subset of: " + ", ".join(SCENARIOS), default=""
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warmup load")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat; the median round counts")
+    parser.add_argument("--chart", type=Path, help="PNG to draw (default: see README)")
+    parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument("--rebuild-venv", action="store_true", help="recreate .venv-peers")
+    args = parser.parse_args(argv)
+    if not 1 <= args.rounds <= 5 or not 0.5 <= args.duration <= 60 or not 0 <= args.warmup <= 10:
+        parser.error("keep --rounds in 1-5, --duration in 0.5-60 s, --warmup in 0-10 s")
+    return args
+
+
+def _choose(given: str, known: dict[str, object], default: list[str], what: str) -> list[str]:
+    if not given:
+        return default
+    chosen = [item.strip() for item in given.split(",") if item.strip()]
+    unknown = [item for item in chosen if item not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)}; known: {', '.join(known)}")
+    return [item for item in known if item in chosen]  # canonical order
+
+
+def _ensure_tools() -> None:
+    if not Path("/proc/self/stat").exists() or shutil.which("taskset") is None:
+        raise SystemExit("run.py needs Linux with /proc and taskset (util-linux)")
+    if shutil.which("wrk") is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk is missing: apt-get install -y wrk", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", "wrk"]
+        if subprocess.run(install, env=env, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
+            subprocess.run(install, env=env, check=False)
+    _wrk.require_wrk()
+
+
+def _cores() -> tuple[int | None, int | None]:
+    """(server core, load core): 0 and 1 when both are ours; no pinning otherwise."""
+    usable = os.sched_getaffinity(0)
+    if {0, 1} <= usable:
+        os.sched_setaffinity(0, {1})  # the harness itself stays off the server's core
+        return 0, 1
+    print("warning: cores 0 and 1 are not both usable; running unpinned", file=sys.stderr)
+    return None, None
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FD_NEEDED if hard == resource.RLIM_INFINITY else min(max(soft, FD_NEEDED), hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < FD_NEEDED:
+        print(f"warning: RLIMIT_NOFILE hard limit {hard} < {FD_NEEDED}", file=sys.stderr)
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{model}, {os.cpu_count()} cores, Linux {os.uname().release}"
+
+
+def _git_revision() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip()
+
+    revision = git("rev-parse", "--short", "HEAD") or "unknown"
+    return revision + (
+        " + uncommitted changes" if git("status", "--porcelain", "trioserve") else ""
+    )
+
+
+def _probe_trioserve(bench: Bench) -> str:
+    """'' if trioserve starts and answers; otherwise why not (it is then left out)."""
+    try:
+        bench.start(SERVERS["trioserve"], "hello", until_response=True).terminate(10)
+    except (StartError, OSError) as exc:
+        return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return ""
+
+
+def _median_round(rounds: list[Measurement], kind: str) -> Measurement:
+    measured = [m for m in rounds if m.values]
+    if not measured:
+        return rounds[-1]
+    key = _PRIMARY[kind]
+    middle = statistics.median_low([m.values[key] for m in measured])
+    chosen = next(m for m in measured if m.values[key] == middle)
+    if len(rounds) > 1:
+        spread = ", ".join(f"{m.values[key]:,.4g}" for m in measured)
+        chosen.note = "; ".join(filter(None, [chosen.note, f"rounds: {spread}"]))
+    return chosen
+
+
+def _preamble(
+    args: argparse.Namespace, set_name: str, versions: dict[str, str], notes: list[str]
+) -> str:
+    command = " ".join(["python3 benchmarks/run.py", *sys.argv[1:]])
+    shown = ", ".join(f"{name} {version}" for name, version in sorted(versions.items()))
+    lines = [
+        f"Scenario set `{set_name}`, produced by `{command}` (repository at {_git_revision()}).",
+        "",
+        f"- Machine: {_machine()}. Machines like this drift by up to 30% over minutes: compare "
+        "ratios within one run, not absolute numbers across runs.",
+        f"- Versions: {shown}; wrk {_wrk_version()}.",
+        f"- Method: each server is one process with one worker, pinned to core 0 with `taskset`; "
+        f"wrk (one thread) and the idle-connection client are pinned to core 1. Load runs: "
+        f"{args.warmup:g} s warmup, then {args.duration:g} s measured, keep-alive, loopback; "
+        f"{args.rounds} round(s), the median round is shown. CPU per request is the server's "
+        "utime+stime over the measured run (from /proc) divided by the requests wrk counted. "
+        "Access logs off, log level warning, idle timeouts raised to 300 s; otherwise defaults.",
+    ]
+    lines += [f"- Note: {note}" for note in notes]
+    return "\n".join(lines)
+
+
+def _wrk_version() -> str:
+    done = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    words = (done.stdout + done.stderr).split()
+    return words[1] if len(words) > 1 else "unknown"
+
+
+def main(argv: list[str]) -> int:
+    args = _parse_args(argv)
+    _ensure_tools()
+    server_core, load_core = _cores()
+    _raise_fd_limit()
+    missing = ensure_venv(VENV, REPO, rebuild=args.rebuild_venv)
+
+    servers = _choose(args.servers, dict(SERVERS), list(SERVERS), "servers")
+    scenarios = _choose(
+        args.scenarios, dict(SCENARIOS), list(QUICK if args.quick else SCENARIOS), "scenarios"
+    )
+    if args.quick and not args.servers and not args.scenarios:
+        set_name = "quick"
+    elif scenarios == list(SCENARIOS) and servers == list(SERVERS):
+        set_name = "full"
+    else:
+        set_name = "custom"
+
+    notes = []
+    for pin in missing:
+        name = pin.split("==")[0]
+        notes.append(f"{pin} did not install here, so it is not in this run.")
+        servers = [s for s in servers if SERVERS[s].package != name]
+
+    with tempfile.TemporaryDirectory(prefix="trioserve-bench-") as log_dir:
+        bench = Bench(
+            bench_dir=BENCH_DIR,
+            venv=VENV,
+            log_dir=Path(log_dir),
+            duration=args.duration,
+            warmup=args.warmup,
+            server_core=server_core,
+            load_core=load_core,
+        )
+        if "trioserve" in servers:
+            why = _probe_trioserve(bench)
+            if why:
+                print(f"trioserve is not runnable, left out: {why}", file=sys.stderr)
+                notes.append(f"trioserve could not be started ({why}); peers only.")
+                servers.remove("trioserve")
+        if not servers:
+            raise SystemExit("no server to measure")
+
+        results: dict[str, dict[str, Measurement]] = {}
+        for name in scenarios:
+            scenario = SCENARIOS[name]
+            print(f"== {name}: {scenario.title}", flush=True)
+            table = results.setdefault(name, {})
+            for server_name in servers:
+                rounds = []
+                for _ in range(args.rounds):
+                    rounds.append(bench.measure(scenario, SERVERS[server_name]))
+                table[server_name] = _median_round(rounds, scenario.kind)
+                shown = ", ".join(f"{k}={v:,.4g}" for k, v in table[server_name].values.items())
+                print(f"  {server_name}: {shown or table[server_name].note}", flush=True)
+
+    versions = installed_versions(VENV)
+    today = datetime.date.today().isoformat()
+    title = f"trioserve and its peers, {today} ({set_name})"
+    report = _report.render(
+        results, servers, title=title, preamble=_preamble(args, set_name, versions, notes)
+    )
+    print("\n" + report)
+
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"{today}-{set_name}"
+    stem.with_suffix(".md").write_text(report)
+    raw = {
+        "title": title,
+        "command": " ".join(["python3 benchmarks/run.py", *argv]),
+        "versions": versions,
+        "notes": notes,
+        "scenarios": [
+            {
+                "name": name,
+                "kind": SCENARIOS[name].kind,
+                "title": SCENARIOS[name].title,
+                "measurements": [
+                    {**asdict(m), "title": SERVERS[m.server].title} for m in table.values()
+                ],
+            }
+            for name, table in results.items()
+        ],
+    }
+    stem.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
+    written = [stem.with_suffix(".md"), stem.with_suffix(".json")]
+    if not args.no_chart:
+        chart = args.chart or (DOCS_CHART if set_name == "full" else stem.with_suffix(".png"))
+        python = VENV / "bin" / "python"
+        drawn = subprocess.run(
+            [str(python), str(BENCH_DIR / "chart.py"), str(stem.with_suffix(".json")), str(chart)],
+            check=False,
+        )
+        if drawn.returncode == 0:
+            written.append(chart)
+    print("wrote " + ", ".join(os.path.relpath(path) for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
