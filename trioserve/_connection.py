@@ -1,0 +1,477 @@
+"""The trio driver of one HTTP/1.1 connection: one stream, one `HTTPCore`, one app call at a time.
+
+Design: the app runs in the connection's own task, and `receive()` reads from the socket only
+when the app asks for more body, so there is no reader task per connection or per request and
+backpressure is free: a client can send no faster than the app consumes. An app that wants to
+hear about a disconnect while it works calls `receive()` from a task of its own (Starlette
+does); that call then reads ahead into the core's buffer until EOF, a full buffer, or the end
+of the response. `send()` on a connection the client has left raises `ClientDisconnected`, an
+`OSError`, as ASGI spec 2.4 asks.
+
+Every wait has its own deadline (keep-alive, head, body, write), enforced with a cancel scope
+around the one call that blocks. Idle connections register their scope in the context so that
+the drain can cancel them at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import trio
+
+from ._asgi_types import ASGIApp, Message
+from ._config import ServerConfig
+from ._protocol import (
+    CLOSED,
+    CONTINUE_RESPONSE,
+    NEED_DATA,
+    PEER_GONE,
+    ASGIError,
+    HTTPCore,
+    HTTPError,
+    Phase,
+)
+
+__all__ = ["ClientDisconnected", "ConnectionContext", "serve_connection"]
+
+access_log: Final = logging.getLogger("trioserve.access")
+error_log: Final = logging.getLogger("trioserve.error")
+
+# trio's default read size; a head or a body piece rarely needs more than one read.
+_RECEIVE_SIZE: Final = 64 * 1024
+# After our last response on a connection we half-close and read until the client closes,
+# at most this long, so that request bytes it had already sent do not turn our close into a
+# reset that destroys the response in flight (nginx's lingering_close, which uses 5 s).
+_LINGER_SECONDS: Final = 2.0
+_LINGER_BYTES: Final = 1024 * 1024
+# Bytes read ahead (the next pipelined request) while the app waits for a disconnect.
+_READ_AHEAD_LIMIT: Final = 64 * 1024
+
+
+class ClientDisconnected(OSError):
+    """Raised by `send()` once the response can no longer reach the client (ASGI spec 2.4)."""
+
+
+@dataclass(eq=False)
+class ConnectionContext:
+    """What every connection of one `serve()` call shares."""
+
+    app: ASGIApp
+    config: ServerConfig
+    state: dict[str, Any]  # lifespan state; each request gets a shallow copy
+    drain: trio.Event  # set once, when the drain starts
+    in_flight: int = 0  # app calls running now, for limit_concurrency
+    requests: int = 0  # requests answered since start (app calls and our own refusals)
+    _idle: set[trio.CancelScope] = field(default_factory=set, init=False, repr=False)
+    _watching_drain: bool = field(default=False, init=False, repr=False)
+
+
+async def serve_connection(
+    stream: trio.SocketStream,
+    ctx: ConnectionContext,
+    *,
+    client: tuple[str, int] | None,
+    server: tuple[str, int | None] | None,
+    listener: dict[str, object] | None = None,
+) -> None:
+    """Serve HTTP/1.1 requests on `stream` until either side is done, then close it.
+
+    Never raises for what a peer or an app does: those are answered, logged and closed.
+    Cancellation propagates (after the stream is closed).
+    """
+    connection = _Connection(stream, ctx, client, server, listener)
+    try:
+        await connection.run()
+    except Exception:
+        # Our own bug: lose this connection, not the server.
+        error_log.exception("internal error on the connection from %s", _peer(client))
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return "-" if client is None else f"{client[0]}:{client[1]}"
+
+
+def _readable_now(stream: trio.SocketStream) -> bool:
+    """Whether the kernel holds bytes (or EOF) for us, without waiting or reading them."""
+    poller = select.poll()
+    poller.register(stream.socket.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+async def _close_idle_on_drain(ctx: ConnectionContext) -> None:
+    await ctx.drain.wait()
+    for scope in list(ctx._idle):
+        scope.cancel()
+
+
+class _Connection:
+    __slots__ = (
+        "_head_deadline",
+        "_read_free",
+        "_reading",
+        "aborted",
+        "broken",
+        "client",
+        "config",
+        "core",
+        "ctx",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        ctx: ConnectionContext,
+        client: tuple[str, int] | None,
+        server: tuple[str, int | None] | None,
+        listener: dict[str, object] | None,
+    ) -> None:
+        self.stream = stream
+        self.ctx = ctx
+        self.config = ctx.config
+        self.client = client
+        self.core = HTTPCore(
+            ctx.config, client=client, server=server, state=ctx.state, listener=listener
+        )
+        self.broken = False  # the write side is gone: nothing more can reach the client
+        self.aborted = False  # we answered for the app (408, 413, bad body): it is cut off
+        self._head_deadline: float | None = None
+        self._reading = False
+        self._read_free: trio.Event | None = None
+
+    # -- the request loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        core = self.core
+        while True:
+            event = core.next_request()
+            if type(event) is dict:
+                self._head_deadline = None
+                if not await self._exchange(event):
+                    return
+            elif event is NEED_DATA:
+                if not await self._read_more():
+                    return
+            elif event is CLOSED:
+                return
+            else:
+                assert isinstance(event, HTTPError)
+                error_log.debug("refused a request from %s: %s", _peer(self.client), event)
+                await self._refuse(event.status, event.detail)
+                return
+
+    async def _read_more(self) -> bool:
+        """Read for the next head (or skipped body); False when the connection should close."""
+        core = self.core
+        phase = core.phase
+        if phase is Phase.IDLE:
+            data = await self._read_idle()
+            if data is None:
+                return False
+        else:
+            if phase is Phase.BODY:
+                deadline = trio.current_time() + self.config.body_timeout
+            else:
+                if self._head_deadline is None:
+                    self._head_deadline = trio.current_time() + self.config.header_timeout
+                deadline = self._head_deadline
+            data = await self._receive(deadline)
+            if data is None:
+                if phase is Phase.HEAD:
+                    error_log.debug("header timeout on the connection from %s", _peer(self.client))
+                    await self._refuse(408, "request head not received in time")
+                return False
+        core.receive_data(data)
+        return True
+
+    async def _read_idle(self) -> bytes | None:
+        """Wait for the next request; None to close (keep-alive timeout, or the drain)."""
+        ctx = self.ctx
+        drain = ctx.drain
+        if not ctx._watching_drain:
+            ctx._watching_drain = True
+            trio.lowlevel.spawn_system_task(_close_idle_on_drain, ctx, name="trioserve drain")
+        deadline = trio.current_time() + self.config.keep_alive_timeout
+        while True:
+            # Request bytes the kernel already holds count as a request in progress.
+            if drain.is_set() and not _readable_now(self.stream):
+                return None
+            with trio.CancelScope(deadline=deadline) as scope:
+                ctx._idle.add(scope)
+                try:
+                    return await self._receive_some()
+                finally:
+                    ctx._idle.discard(scope)
+            if not drain.is_set() or trio.current_time() >= deadline:
+                return None
+
+    async def _receive(self, deadline: float) -> bytes | None:
+        """Read once before `deadline`: bytes, b"" at EOF or reset, None at the deadline."""
+        with trio.CancelScope(deadline=deadline):
+            return await self._receive_some()
+        return None
+
+    async def _receive_some(self) -> bytes:
+        try:
+            return await self.stream.receive_some(_RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    async def write(self, data: bytes) -> bool:
+        """Write `data` within the write timeout; False (and broken) if it cannot be done."""
+        if self.broken:
+            return False
+        with trio.move_on_after(self.config.write_timeout):
+            try:
+                await self.stream.send_all(data)
+                return True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.broken = True
+                return False
+        error_log.debug("write timeout on the connection from %s", _peer(self.client))
+        self.broken = True
+        return False
+
+    async def _refuse(
+        self, status: int, detail: str, scope: dict[str, Any] | None = None, start: float = 0.0
+    ) -> None:
+        """Answer a request the app never sees, then close."""
+        self.ctx.requests += 1
+        await self.write(self.core.error_response(status, time.time(), detail))
+        if self.config.access_log:
+            self._log_access(scope, start or trio.current_time())
+        await self.finish()
+
+    async def finish(self) -> None:
+        """Half-close and read until the client closes, so our last response is not reset."""
+        if self.broken or self.core.eof:
+            return
+        try:
+            await self.stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        with trio.move_on_after(_LINGER_SECONDS):
+            drained = 0
+            while drained < _LINGER_BYTES:
+                data = await self._receive_some()
+                if not data:
+                    return
+                drained += len(data)
+
+    # -- one request --------------------------------------------------------------------------
+
+    async def _exchange(self, scope: dict[str, Any]) -> bool:
+        """Run the app for one request; True if the connection may carry another."""
+        ctx = self.ctx
+        core = self.core
+        log = self.config.access_log
+        start = trio.current_time() if log else 0.0
+        limit = self.config.limit_concurrency
+        if limit is not None and ctx.in_flight >= limit:
+            error_log.debug("concurrency limit: 503 to %s", _peer(self.client))
+            await self._refuse(503, "too many requests in progress", scope, start)
+            return False
+        exchange = _Exchange(self)
+        ctx.in_flight += 1
+        try:
+            await ctx.app(scope, exchange.receive, exchange.send)
+        except Exception as exc:
+            failure: Exception | None = exc
+        else:
+            failure = None
+        finally:
+            ctx.in_flight -= 1
+            exchange.end()
+        ctx.requests += 1
+        if failure is not None:
+            if self.broken or self.aborted:
+                error_log.debug("application error after the client left", exc_info=failure)
+            else:
+                error_log.error(
+                    "Exception in ASGI application (%s %s)",
+                    scope["method"],
+                    _target(scope),
+                    exc_info=failure,
+                )
+            return await self._after_failure(scope, start)
+        if not core.response_complete:
+            if not (self.broken or self.aborted):
+                if exchange.error is not None:
+                    error_log.error("ASGI application error: %s", exchange.error)
+                else:
+                    error_log.error(
+                        "ASGI application returned without completing the response (%s %s)",
+                        scope["method"],
+                        _target(scope),
+                    )
+            return await self._after_failure(scope, start)
+        if log:
+            self._log_access(scope, start)
+        if self.broken:
+            return False
+        if core.end_request():
+            return True
+        await self.finish()
+        return False
+
+    async def _after_failure(self, scope: dict[str, Any], start: float) -> bool:
+        """The app failed: answer 500 if nothing is on the wire yet; always close."""
+        core = self.core
+        if self.broken:
+            return False
+        if core.response_complete:
+            # A complete response went out (or we answered for the app) before the failure.
+            if self.config.access_log:
+                self._log_access(scope, start)
+        elif core.response_started:
+            # Part of the response is on the wire: closing without its end is the only way
+            # left to tell the client it is incomplete.
+            return False
+        else:
+            await self.write(core.error_response(500, time.time()))
+            if self.config.access_log:
+                self._log_access(scope, start)
+        await self.finish()
+        return False
+
+    def _log_access(self, scope: dict[str, Any] | None, start: float) -> None:
+        core = self.core
+        if scope is None:
+            request = "-"
+        else:
+            request = f"{scope['method']} {_target(scope)} HTTP/{scope['http_version']}"
+        access_log.info(
+            '%s - "%s" %d %d %.1fms',
+            _peer(self.client),
+            request,
+            core.status,
+            core.body_bytes,
+            (trio.current_time() - start) * 1000,
+        )
+
+    # -- reads on behalf of the app (see _Exchange.receive) --------------------------------
+
+    async def read_for_app(self, deadline: float | None) -> bytes | None:
+        """One read while the app runs; only one task reads at a time. None at the deadline."""
+        while self._reading:
+            if self._read_free is None:
+                self._read_free = trio.Event()
+            await self._read_free.wait()
+        self._reading = True
+        try:
+            if deadline is None:
+                return await self._receive_some()
+            return await self._receive(deadline)
+        finally:
+            self._reading = False
+            if self._read_free is not None:
+                self._read_free.set()
+                self._read_free = None
+
+
+def _target(scope: dict[str, Any]) -> str:
+    """The request target as received (raw, so control bytes cannot reach a log line)."""
+    target = scope["raw_path"].decode("ascii", "replace")
+    query = scope["query_string"]
+    return f"{target}?{query.decode('ascii', 'replace')}" if query else target
+
+
+class _Exchange:
+    """The receive and send callables of one request; inert once the request is over."""
+
+    __slots__ = ("_watchers", "conn", "done", "error")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.done = False
+        self.error: ASGIError | None = None
+        self._watchers: list[trio.CancelScope] | None = None
+
+    def end(self) -> None:
+        self.done = True
+        self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
+        if self._watchers:
+            for scope in self._watchers:
+                scope.cancel()
+
+    async def receive(self) -> Message:
+        conn = self.conn
+        core = conn.core
+        while not (self.done or conn.broken or conn.aborted):
+            if core.body_done:
+                if core.eof or core.response_complete:
+                    break
+                await self._wait_for_disconnect()
+                continue
+            if core.take_continue() and not await conn.write(CONTINUE_RESPONSE):
+                break
+            result = core.read_body()
+            if type(result) is tuple:
+                return {"type": "http.request", "body": result[0], "more_body": result[1]}
+            if result is NEED_DATA:
+                deadline = trio.current_time() + conn.config.body_timeout
+                data = await conn.read_for_app(deadline)
+                if data is None:
+                    error_log.debug("body timeout on the connection from %s", _peer(conn.client))
+                    await self._abort(408, "request body not received in time")
+                    break
+                core.receive_data(data)
+            elif result is PEER_GONE:
+                break
+            else:
+                assert isinstance(result, HTTPError)
+                error_log.debug("refused a request body from %s: %s", _peer(conn.client), result)
+                await self._abort(result.status, result.detail)
+                break
+        return {"type": "http.disconnect"}
+
+    async def _wait_for_disconnect(self) -> None:
+        """Read ahead until the client leaves or the response is complete."""
+        conn = self.conn
+        core = conn.core
+        if self._watchers is None:
+            self._watchers = []
+        with trio.CancelScope() as scope:
+            self._watchers.append(scope)
+            try:
+                while core.buffered < _READ_AHEAD_LIMIT:
+                    data = await conn.read_for_app(None)
+                    if not data or self.done or core.response_complete:
+                        core.receive_data(data or b"")
+                        return
+                    core.receive_data(data)
+                await trio.sleep_forever()
+            finally:
+                self._watchers.remove(scope)
+
+    async def _abort(self, status: int, detail: str) -> None:
+        """The server gives up on this request: answer it if the app has not, then close."""
+        conn = self.conn
+        if not conn.core.response_started:
+            await conn.write(conn.core.error_response(status, time.time(), detail))
+        conn.aborted = True
+
+    async def send(self, message: Message) -> None:
+        conn = self.conn
+        if self.done or conn.broken or conn.aborted:
+            raise ClientDisconnected("the client is gone or the response is over")
+        core = conn.core
+        if conn.ctx.drain.is_set():
+            core.keep_alive = False
+        try:
+            data = core.send(message, time.time())
+        except ASGIError as exc:
+            self.error = exc
+            raise
+        if data and not await conn.write(data):
+            raise ClientDisconnected("the client is gone")
+        if self._watchers and core.response_complete:
+            self._wake_watchers()
