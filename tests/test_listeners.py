@@ -394,3 +394,16 @@ async def test_trio_listener_wraps_the_same_socket() -> None:
         assert wrapped is listener.trio_listener()
         assert wrapped.socket is listener.socket
         listener.close()
+
+
+async def test_a_connection_has_no_trio_listener() -> None:
+    ours, peer = trio.socket.socketpair()
+    with peer:
+        connection = Listener(
+            kind="connection", family=socket.AF_UNIX, socket=ours, address="", fd=3, name="c"
+        )
+        assert str(connection) == 'fd 3 "c" -> unix:(unnamed) (one connection)'
+        with pytest.raises(ListenError, match="is one connection, not a listening socket"):
+            connection.trio_listener()
+        connection.close()
+        assert repr(connection) == '<Listener fd 3 "c" -> unix:(unnamed) (one connection) closed>'

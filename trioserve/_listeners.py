@@ -199,7 +199,7 @@ async def open_listeners(
         for spec in parsed:
             group: list[Listener] = []
             if isinstance(spec, TcpSpec):
-                group = await _open_tcp(spec)
+                group = await _bind_tcp_group(spec, await _tcp_targets(spec))
             elif isinstance(spec, UnixSpec):
                 group = [await _open_unix(spec)]
             opened += group
@@ -290,9 +290,9 @@ def _adopt(inherited: InheritedFd, how: Literal["listener", "connection"]) -> Li
     except BaseException:
         sock.close()
         raise
-    kind: Kind = "connection" if how == "connection" else _kind(family)
+    kind: Kind = "unix" if family == _socket.AF_UNIX else "tcp"
     return Listener(
-        kind=kind,
+        kind="connection" if how == "connection" else kind,
         family=family,
         socket=trio_sock,
         address=address,
@@ -301,10 +301,6 @@ def _adopt(inherited: InheritedFd, how: Literal["listener", "connection"]) -> Li
         inherited=True,
         v6only=v6only,
     )
-
-
-def _kind(family: int) -> Kind:
-    return "unix" if family == _socket.AF_UNIX else "tcp"
 
 
 def _address(family: int, raw: object) -> tuple[str, int] | str:
@@ -318,11 +314,6 @@ def _address(family: int, raw: object) -> tuple[str, int] | str:
         return os.fsdecode(raw)
     assert isinstance(raw, str)
     return "@" + raw[1:] if raw.startswith("\0") else raw
-
-
-async def _open_tcp(spec: TcpSpec) -> list[Listener]:
-    targets = await _tcp_targets(spec)
-    return await _bind_tcp_group(spec, targets)
 
 
 async def _tcp_targets(spec: TcpSpec) -> list[tuple[_socket.AddressFamily, tuple[object, ...]]]:
