@@ -181,9 +181,12 @@ class HTTPCore:
             if end < 0:
                 if len(buf) > self._max_head:
                     return self._reject(431, "request head too large")
+                if buf.count(b"\n") != buf.count(b"\r\n"):
+                    # A bare LF would otherwise leave us waiting for a CRLFCRLF never sent.
+                    return self._reject(400, "bare LF in the head")
                 if self._eof:
                     return CLOSED
-                self._scanned = len(buf) - 3
+                self._scanned = max(0, len(buf) - 3)
                 return NEED_DATA
             self._scanned = 0
             if end + 4 > self._max_head:
@@ -368,8 +371,7 @@ class HTTPCore:
             # length a GET would have had.
             if length is not None and status != 204:
                 parts.append(b"content-length: %d\r\n" % length)
-            body = b""
-            more = False
+            body = b""  # the app's body messages are read and dropped until more_body=False
         elif length is not None:
             framing = _LENGTH
             if len(body) > length or (not more and len(body) != length):
