@@ -46,12 +46,13 @@ GOOD: list[tuple[str, ListenSpec]] = [
     ("fd://https", FdSpec(name="https")),
     ("fd:*", FdSpec()),
     ("fd:unknown", FdSpec(name="unknown")),
+    ("fd:web app.socket", FdSpec(name="web app.socket")),
 ]
 
 BAD: list[tuple[str, str]] = [
     ("", "empty spec"),
-    (" :80", "contains spaces or control characters"),
-    ("unix:/x\n", "contains spaces or control characters"),
+    (" :80", "has leading or trailing spaces, or control characters"),
+    ("unix:/x\n", "has leading or trailing spaces, or control characters"),
     ("8000", "missing host; use :8000 for every interface or 127.0.0.1:8000 for loopback"),
     ("localhost", "missing ':PORT'"),
     ("127.0.0.1:", "missing port after ':'"),

@@ -269,7 +269,7 @@ def forms_markdown() -> str:
 _DIGITS = re.compile(r"[0-9]+")
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
 # systemd's rule for FileDescriptorName=: printable ASCII without ':', at most 255 characters.
-_FDNAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}")
+_FDNAME = re.compile(r"[\x20-\x39\x3b-\x7e]{1,255}")
 
 
 class _Bad(Exception):
@@ -288,7 +288,7 @@ def _parse(spec: str) -> ListenSpec:
     if not spec:
         raise _Bad("empty spec")
     if spec != spec.strip() or not spec.isprintable():
-        raise _Bad("contains spaces or control characters")
+        raise _Bad("has leading or trailing spaces, or control characters")
     address, sep, query = spec.partition("?")
     kind, rest = _split_kind(address)
     options = _parse_options(kind, query) if sep else {}
