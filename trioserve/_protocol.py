@@ -369,6 +369,8 @@ class HTTPCore:
             framing = _NO_BODY
             # 204 never carries a Content-Length (RFC 9110 8.6); HEAD and 304 may echo the
             # length a GET would have had.
+            if length is None and body and not more and self._head_request:
+                length = len(body)  # the body a GET would get, sent along and dropped here
             if length is not None and status != 204:
                 parts.append(b"content-length: %d\r\n" % length)
             body = b""  # the app's body messages are read and dropped until more_body=False

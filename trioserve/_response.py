@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-class ASGIError(Exception):
+class ASGIError(RuntimeError):
     """The application broke the ASGI contract (bad message, order, header or length)."""
 
 
