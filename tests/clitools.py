@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 STARTUP_TIMEOUT = 20.0
 
@@ -63,6 +66,31 @@ class Server:
         finally:
             self.notify.close()
         return self.process.returncode, err.decode()
+
+
+class Lines:
+    """Lines from a child's pipe, each wait bounded by a deadline (select, never sleep)."""
+
+    def __init__(self, pipe: IO[bytes] | None) -> None:
+        assert pipe is not None
+        self.fd = pipe.fileno()
+        self.buffer = b""
+        self.seen: list[str] = []
+
+    def until(self, wanted: Callable[[str], bool], timeout: float = STARTUP_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buffer:
+                line, _, self.buffer = self.buffer.partition(b"\n")
+                self.seen.append(line.decode())
+                if wanted(self.seen[-1]):
+                    return self.seen[-1]
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"timed out; lines so far: {self.seen}"
+            if select.select([self.fd], [], [], remaining)[0]:
+                chunk = os.read(self.fd, 65536)
+                assert chunk, f"pipe closed; lines so far: {self.seen}"
+                self.buffer += chunk
 
 
 def trioserve_command(*args: str) -> list[str]:

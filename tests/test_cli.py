@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.clitools import http_get, run_to_exit, start_server, trioserve_command
+from tests.clitools import Lines, http_get, run_to_exit, start_server, trioserve_command
 
-LAUNCH = [sys.executable, str(Path(__file__).with_name("launch.py"))]
+# tests/sd_child.py plays systemd: fds moved to 3.., LISTEN_* set with its own pid, then exec.
+ACTIVATE = [sys.executable, str(Path(__file__).with_name("sd_child.py")), "activate"]
 
 # An app that tells the test (on stdout) when a request is inside it, then echoes the body: a
 # test can hold a request in flight, with no sleeping, by withholding the body.
@@ -81,9 +82,10 @@ def test_inherited_pipe_is_one_line_and_exit_2() -> None:
     try:
         result = subprocess.run(
             [
-                *LAUNCH,
+                *ACTIVATE,
                 "--names",
                 "http",
+                "--fds",
                 str(read_end),
                 "--",
                 *trioserve_command("trioserve.demo:app", "--listen", "fd:http"),
@@ -168,7 +170,7 @@ def test_demo_on_tcp_v6only_unix_and_inherited_fd_at_once(tmp_path: Path) -> Non
     server = start_server(
         args,
         tmp_path,
-        wrapper=[*LAUNCH, "--names", "web", str(inherited.fileno()), "--"],
+        wrapper=[*ACTIVATE, "--names", "web", "--fds", str(inherited.fileno()), "--"],
         pass_fds=[inherited.fileno()],
     )
     inherited.close()  # the child holds the only copy now
@@ -206,6 +208,8 @@ def test_systemd_socket_activate_with_fdnames(tmp_path: Path) -> None:
         wrapper=[activate, "-l", web, "-l", admin, "--fdname=web:admin", "-E", "NOTIFY_SOCKET"],
         wait_ready=False,  # it execs trioserve only on the first connection
     )
+    # Its "Listening on PATH as N." lines say the sockets exist; then a connection starts us.
+    Lines(server.process.stderr).until(lambda line: line == f"Listening on {admin} as 4.")
     first = http_get(unix=web, headers="Accept: application/json\r\n", timeout=20)
     server.wait_message("READY=1")
     second = http_get(unix=admin, headers="Accept: application/json\r\n")

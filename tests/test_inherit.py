@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import shutil
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO
 
 import pytest
+
+from tests.clitools import Lines
 
 CHILD = str(Path(__file__).with_name("sd_child.py"))
 TIMEOUT = 15
@@ -202,31 +201,6 @@ def test_fds_for_another_process_are_not_adopted(sockets: ExitStack, which: str)
     environ = out["environ"]
     assert isinstance(environ, dict)
     assert environ["LISTEN_FDS"] == "1"  # left for whoever they are for
-
-
-class Lines:
-    """Lines from a child's pipe, each wait bounded by a deadline (select, never sleep)."""
-
-    def __init__(self, pipe: IO[bytes] | None) -> None:
-        assert pipe is not None
-        self.fd = pipe.fileno()
-        self.buffer = b""
-        self.seen: list[str] = []
-
-    def until(self, wanted: Callable[[str], bool], timeout: float = TIMEOUT) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\n" in self.buffer:
-                line, _, self.buffer = self.buffer.partition(b"\n")
-                self.seen.append(line.decode())
-                if wanted(self.seen[-1]):
-                    return self.seen[-1]
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"timed out; lines so far: {self.seen}"
-            if select.select([self.fd], [], [], remaining)[0]:
-                chunk = os.read(self.fd, 65536)
-                assert chunk, f"pipe closed; lines so far: {self.seen}"
-                self.buffer += chunk
 
 
 def receive_all(sock: socket.socket) -> bytes:

@@ -11,10 +11,10 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from trioserve._listeners import Listener
 
 from trioserve import LifespanError, ServerConfig
 from trioserve._asgi_types import ASGIReceive, ASGISend, Scope
+from trioserve._listeners import Listener
 from trioserve._notify import Notifier
 from trioserve._serve import serve
 
@@ -154,6 +154,7 @@ async def test_drain_finishes_in_flight_requests_with_connection_close(
         assert response.startswith(b"HTTP/1.1 200 ")
         assert b"\r\nconnection: close\r\n" in response.lower()
         assert response.endswith(b"finished")
+        await stream.aclose()
     await done.wait()
 
 
@@ -172,6 +173,7 @@ async def test_drain_closes_idle_keepalive_connections_at_once(nursery: trio.Nur
     with trio.fail_after(5):  # far below the 300 s keep-alive timeout
         scope.cancel()
         assert await stream.receive_some(100) == b""
+    await stream.aclose()
 
 
 async def test_graceful_timeout_cuts_off_a_stuck_request(
@@ -190,25 +192,31 @@ async def test_graceful_timeout_cuts_off_a_stuck_request(
         nursery.cancel_scope.cancel()
     assert trio.current_time() - started == pytest.approx(30, abs=0.5)
     assert await read_until_eof(stream) == b""  # cut off without a response
+    await stream.aclose()
 
 
 async def test_force_stop_ends_the_drain_at_once(autojump_clock: trio.testing.MockClock) -> None:
     app = GatedApp()
     force = trio.Event()
     config = ServerConfig(graceful_timeout=30)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            lambda task_status: serve(
+    server_scope = trio.CancelScope()
+
+    async def run_server(task_status: trio.TaskStatus[list[Listener]]) -> None:
+        with server_scope:
+            await serve(
                 app, ["127.0.0.1:0"], config=config, force_stop=force, task_status=task_status
             )
-        )
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(run_server)
         stream = await connect(port_of(listeners[0]))
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await app.wait_entered(1)
         started = trio.current_time()
-        nursery.cancel_scope.cancel()
+        server_scope.cancel()
         await trio.sleep(1)  # virtual time: one second into the drain
         force.set()
+    await stream.aclose()
     assert trio.current_time() - started == pytest.approx(1, abs=0.5)
 
 

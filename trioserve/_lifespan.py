@@ -35,7 +35,9 @@ class Lifespan:
         self._shutdown_requested = trio.Event()
         self._answered = trio.Event()
         self._failure: str | None = None
-        self._scope = trio.CancelScope()
+        # Shielded: the caller's cancellation starts the drain, and the app must still be
+        # running afterwards to hear "lifespan.shutdown". close() ends it.
+        self._scope = trio.CancelScope(shield=True)
 
     @property
     def supported(self) -> bool:
@@ -56,15 +58,17 @@ class Lifespan:
     async def shutdown(self) -> None:
         """Ask the app to shut down and wait for its answer; errors are logged, not raised."""
         if not self._supported or self._phase != "startup-done":
-            self._scope.cancel()
             return
         self._phase = "shutdown"
         self._answered = trio.Event()
         self._shutdown_requested.set()
         await self._answered.wait()
-        self._scope.cancel()
         if self._failure is not None:
             log.error("application shutdown failed: %s", self._failure)
+
+    def close(self) -> None:
+        """End the app's lifespan task, wherever it is; safe to call more than once."""
+        self._scope.cancel()
 
     async def _run(self) -> None:
         scope: dict[str, Any] = {"type": "lifespan", "asgi": _ASGI, "state": self._state}

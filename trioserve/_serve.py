@@ -105,10 +105,13 @@ class _Server:
     async def run(self, task_status: trio.TaskStatus[list[Listener]]) -> None:
         lifespan = Lifespan(self.ctx.app, self.config.lifespan, self.state)
         async with trio.open_nursery() as outer:
-            failure = await lifespan.startup(outer)
-            if failure is None:
-                await self._serve(outer, lifespan, task_status)
-            outer.cancel_scope.cancel()
+            try:
+                failure = await lifespan.startup(outer)
+                if failure is None:
+                    await self._serve(outer, lifespan, task_status)
+            finally:
+                lifespan.close()
+                outer.cancel_scope.cancel()
         if failure is not None:
             # Raised out here, not inside the nursery, so callers get it bare, not in a group.
             raise LifespanError(f"application startup failed: {failure}")
@@ -140,8 +143,23 @@ class _Server:
                     await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                await self._drain()
+                await self._stop(lifespan)
+
+    async def _stop(self, lifespan: Lifespan) -> None:
+        """Drain, then lifespan shutdown, each bounded; `force_stop` cuts both short."""
+        async with trio.open_nursery() as nursery:
+            if self.force_stop is not None:
+                nursery.start_soon(_cancel_when_set, self.force_stop, nursery.cancel_scope)
+            await self._drain()
+            with trio.move_on_after(self.config.graceful_timeout) as scope:
                 await lifespan.shutdown()
+            if scope.cancelled_caught:
+                log.warning(
+                    "lifespan shutdown did not finish in %g s", self.config.graceful_timeout
+                )
+            nursery.cancel_scope.cancel()
+        # Whatever cut the above short, no connection outlives serve().
+        self.connections_scope.cancel()
 
     async def _run_connections(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
         with self.connections_scope:
@@ -170,8 +188,6 @@ class _Server:
         with trio.move_on_after(timeout) as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._report_drain)
-                if self.force_stop is not None:
-                    nursery.start_soon(_cancel_when_set, self.force_stop, scope)
                 await self.connections_done.wait()
                 nursery.cancel_scope.cancel()
         if scope.cancelled_caught:
