@@ -13,6 +13,8 @@ from ._errors import (
     TrioserveError,
 )
 from ._listeners import Listener, inherited_listeners, open_listeners
+from ._notify import Notifier
+from ._serve import serve
 from ._spec import FdSpec, ListenSpec, TcpSpec, UnixSpec, parse_listen
 
 __version__ = "0.1.0"
@@ -27,6 +29,7 @@ __all__ = [
     "ListenError",
     "ListenSpec",
     "Listener",
+    "Notifier",
     "ServerConfig",
     "SpecError",
     "TcpSpec",
@@ -36,4 +39,5 @@ __all__ = [
     "inherited_listeners",
     "open_listeners",
     "parse_listen",
+    "serve",
 ]
