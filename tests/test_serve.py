@@ -300,3 +300,30 @@ async def test_sd_notify_ready_then_stopping(tmp_path: Path) -> None:
     assert ready == f"READY=1\nSTATUS=serving on {listeners[0]}".encode()
     assert stopping.startswith(b"STOPPING=1\nSTATUS=draining 0 connection(s)\n")
     assert b"EXTEND_TIMEOUT_USEC=35000000" in stopping
+
+
+async def echo_addresses(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+    if scope["type"] != "http":
+        raise RuntimeError("no lifespan here")
+    body = repr((scope["server"], scope["client"], scope["extensions"]["trioserve.listener"]))
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
+async def test_scope_addresses_for_tcp_and_unix(nursery: trio.Nursery, tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    listeners = await nursery.start(serve, echo_addresses, ["127.0.0.1:0", f"unix:{path}"])
+    port = port_of(listeners[0])
+    stream = await connect(port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    server, client, info = eval((await read_response(stream)).partition(b"\r\n\r\n")[2])
+    local_port = stream.socket.getsockname()[1]
+    await stream.aclose()
+    assert server == ("127.0.0.1", port)
+    assert client == ("127.0.0.1", local_port)
+    assert info["kind"] == "tcp"
+    unix = await trio.open_unix_socket(path)
+    await unix.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    server, client, info = eval((await read_response(unix)).partition(b"\r\n\r\n")[2])
+    await unix.aclose()
+    assert (server, client, info["kind"]) == ((path, None), None, "unix")

@@ -48,6 +48,9 @@ _ACCEPT_SKIP_ERRNOS = frozenset(
 )
 
 
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
 async def serve(
     app: ASGIApp,
     listeners: Sequence[Listener | str | ListenSpec] | None = None,
@@ -200,23 +203,29 @@ class _Server:
             self.notifier.notify(STATUS=f"draining {self.open_connections} connection(s)")
 
     def _spawn(
-        self, nursery: trio.Nursery, sock: trio.socket.SocketType, listener: Listener
+        self,
+        nursery: trio.Nursery,
+        sock: trio.socket.SocketType,
+        listener: Listener,
+        peer: Any = None,
     ) -> None:
         client: tuple[str, int] | None = None
         server: tuple[str, int | None] | None
-        try:
-            if sock.family == socket.AF_UNIX:
-                # ASGI: a unix server is (path, None) and its client is None.
-                name = sock.getsockname()
-                path = listener.address if listener.kind == "unix" else name
-                server = (path if isinstance(path, str) else os.fsdecode(path), None)
-            else:
-                server = _host_port(sock.getsockname())
-                client = _host_port(sock.getpeername())
-        except OSError:
-            # Reset before we looked: nothing left to serve.
-            sock.close()
-            return
+        if sock.family == socket.AF_UNIX:
+            # ASGI: a unix server is (path, None) and its client is None.
+            server = (str(listener.address), None)
+        else:
+            try:
+                # A listener bound to one address already knows it; a wildcard one must ask.
+                local = listener.address
+                if not isinstance(local, tuple) or local[0] in _WILDCARDS:
+                    local = sock.getsockname()
+                server = _host_port(local)
+                client = _host_port(sock.getpeername() if peer is None else peer)
+            except OSError:
+                # Reset before we looked: nothing left to serve.
+                sock.close()
+                return
         self.open_connections += 1
         nursery.start_soon(self._connection, sock, client, server, listener)
 
@@ -259,7 +268,7 @@ class _Server:
                 await trio.lowlevel.wait_readable(sock)
                 while True:
                     try:
-                        raw, _ = sock.accept()
+                        raw, peer = sock.accept()
                     except BlockingIOError:
                         break
                     except OSError as exc:
@@ -275,7 +284,7 @@ class _Server:
                         if exc.errno in _ACCEPT_SKIP_ERRNOS:
                             continue
                         raise
-                    self._spawn(nursery, trio.socket.from_stdlib_socket(raw), listener)
+                    self._spawn(nursery, trio.socket.from_stdlib_socket(raw), listener, peer)
                 await trio.lowlevel.checkpoint()
 
 
