@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import select
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -90,6 +91,7 @@ async def serve_connection(
         # Our own bug: lose this connection, not the server.
         error_log.exception("internal error on the connection from %s", _peer(client))
     finally:
+        connection.raw.detach()  # the fd is the stream's to close
         await trio.aclose_forcefully(stream)
 
 
@@ -115,12 +117,15 @@ class _Connection:
         "_head_deadline",
         "_read_free",
         "_reading",
+        "_writing",
+        "_yielded",
         "aborted",
         "broken",
         "client",
         "config",
         "core",
         "ctx",
+        "raw",
         "stream",
     )
 
@@ -133,6 +138,11 @@ class _Connection:
         listener: dict[str, object] | None,
     ) -> None:
         self.stream = stream
+        # A second Python socket object on the stream's fd, for plain non-blocking recv and
+        # send calls; detached (never closed) when the connection ends.
+        self.raw = socket.socket(fileno=stream.socket.fileno())
+        self.raw.setblocking(False)
+        self._yielded = False
         self.ctx = ctx
         self.config = ctx.config
         self.client = client
@@ -143,6 +153,7 @@ class _Connection:
         self.aborted = False  # we answered for the app (408, 413, bad body): it is cut off
         self._head_deadline: float | None = None
         self._reading = False
+        self._writing = False
         self._read_free: trio.Event | None = None
 
     # -- the request loop ---------------------------------------------------------------------
@@ -153,6 +164,10 @@ class _Connection:
             event = core.next_request()
             if type(event) is dict:
                 self._head_deadline = None
+                if not self._yielded:
+                    # Pipelined requests read without waiting: let other connections run.
+                    await trio.lowlevel.checkpoint()
+                self._yielded = False
                 if not await self._exchange(event):
                     return
             elif event is NEED_DATA:
@@ -218,23 +233,63 @@ class _Connection:
         return None
 
     async def _receive_some(self) -> bytes:
-        try:
-            return await self.stream.receive_some(_RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return b""
+        """Read what the kernel has, waiting for it only if there is nothing yet.
+
+        b"" means EOF or a reset. Reading when there is data does not yield: `run()` makes
+        up for it with one checkpoint per request.
+        """
+        raw = self.raw
+        while True:
+            try:
+                return raw.recv(_RECEIVE_SIZE)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return b""
+            try:
+                await trio.lowlevel.wait_readable(raw)
+            except trio.ClosedResourceError:
+                return b""
+            self._yielded = True
 
     async def write(self, data: bytes) -> bool:
-        """Write `data` within the write timeout; False (and broken) if it cannot be done."""
+        """Write `data` within the write timeout; False (and broken) if it cannot be done.
+
+        The first attempt is a plain non-blocking send, which takes all of a response
+        smaller than the socket buffer: no cancel scope and no trip through the scheduler.
+        Only a full buffer makes us wait, under the write timeout.
+        """
         if self.broken:
             return False
-        with trio.move_on_after(self.config.write_timeout):
-            try:
-                await self.stream.send_all(data)
-                return True
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.broken = True
-                return False
-        error_log.debug("write timeout on the connection from %s", _peer(self.client))
+        if self._writing:
+            raise trio.BusyResourceError("two tasks are sending on one HTTP connection")
+        raw = self.raw
+        try:
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            return False
+        if sent == len(data):
+            return True
+        self._writing = True
+        try:
+            view = memoryview(data)
+            with trio.move_on_after(self.config.write_timeout):
+                while True:
+                    await trio.lowlevel.wait_writable(raw)
+                    try:
+                        sent += raw.send(view[sent:])
+                    except BlockingIOError:
+                        continue
+                    if sent == len(view):
+                        return True
+            error_log.debug("write timeout on the connection from %s", _peer(self.client))
+        except (OSError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._writing = False
         self.broken = True
         return False
 
@@ -253,8 +308,8 @@ class _Connection:
         if self.broken or self.core.eof:
             return
         try:
-            await self.stream.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.raw.shutdown(socket.SHUT_WR)
+        except OSError:
             return
         with trio.move_on_after(_LINGER_SECONDS):
             drained = 0
