@@ -84,14 +84,22 @@ async def serve_connection(
     Never raises for what a peer or an app does: those are answered, logged and closed.
     Cancellation propagates (after the stream is closed).
     """
-    connection = _Connection(stream, ctx, client, server, listener)
+    # A second Python socket object on the stream's fd, for plain non-blocking recv and send
+    # calls; detached (never closed) when the connection ends, since the fd is the stream's.
     try:
-        await connection.run()
+        raw = socket.socket(fileno=stream.socket.fileno())
+    except OSError as exc:  # closed or reset before we got here
+        error_log.debug("connection from %s lost before it started: %s", _peer(client), exc)
+        await trio.aclose_forcefully(stream)
+        return
+    try:
+        raw.setblocking(False)
+        await _Connection(stream, raw, ctx, client, server, listener).run()
     except Exception:
         # Our own bug: lose this connection, not the server.
         error_log.exception("internal error on the connection from %s", _peer(client))
     finally:
-        connection.raw.detach()  # the fd is the stream's to close
+        raw.detach()
         await trio.aclose_forcefully(stream)
 
 
@@ -132,16 +140,14 @@ class _Connection:
     def __init__(
         self,
         stream: trio.SocketStream,
+        raw: socket.socket,
         ctx: ConnectionContext,
         client: tuple[str, int] | None,
         server: tuple[str, int | None] | None,
         listener: dict[str, object] | None,
     ) -> None:
         self.stream = stream
-        # A second Python socket object on the stream's fd, for plain non-blocking recv and
-        # send calls; detached (never closed) when the connection ends.
-        self.raw = socket.socket(fileno=stream.socket.fileno())
-        self.raw.setblocking(False)
+        self.raw = raw
         self._yielded = False
         self.ctx = ctx
         self.config = ctx.config
