@@ -29,6 +29,14 @@ class Running:
     accepted: list[trio.SocketStream] = field(default_factory=list)
     clients: list[RawClient] = field(default_factory=list)
 
+    def connect_and_send(self, data: bytes) -> RawClient:
+        """Connect and send `data` without yielding: it is in the kernel before we accept."""
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        sock.sendall(data)
+        client = RawClient(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+        self.clients.append(client)
+        return client
+
     async def connect(self, *, receive_buffer: int | None = None) -> RawClient:
         """A raw client connection, closed when the server block ends."""
         sock = trio.socket.socket()

@@ -540,8 +540,7 @@ async def test_connection_arriving_during_the_drain_with_a_request_is_served() -
     with trio.fail_after(10):
         async with running(hello) as server:
             server.ctx.drain.set()
-            client = await server.connect()
-            await client.send(request("/late"))
+            client = server.connect_and_send(request("/late"))
             reply = await client.response()
             assert reply is not None and reply.body == b"hello /late"
             assert reply.headers["connection"] == "close"

@@ -16,7 +16,6 @@ the drain can cancel them at once.
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import time
 from dataclasses import dataclass, field
@@ -105,13 +104,6 @@ async def serve_connection(
 
 def _peer(client: tuple[str, int] | None) -> str:
     return "-" if client is None else f"{client[0]}:{client[1]}"
-
-
-def _readable_now(stream: trio.SocketStream) -> bool:
-    """Whether the kernel holds bytes (or EOF) for us, without waiting or reading them."""
-    poller = select.poll()
-    poller.register(stream.socket.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
 
 
 async def _close_idle_on_drain(ctx: ConnectionContext) -> None:
@@ -220,8 +212,12 @@ class _Connection:
             trio.lowlevel.spawn_system_task(_close_idle_on_drain, ctx, name="trioserve drain")
         deadline = trio.current_time() + self.config.keep_alive_timeout
         while True:
-            # Request bytes the kernel already holds count as a request in progress.
-            if drain.is_set() and not _readable_now(self.stream):
+            # Request bytes the kernel already holds count as a request in progress, even
+            # during the drain.
+            data = self._recv_now()
+            if data is not None:
+                return data
+            if drain.is_set():
                 return None
             with trio.CancelScope(deadline=deadline) as scope:
                 ctx._idle.add(scope)
@@ -229,31 +225,39 @@ class _Connection:
                     return await self._receive_some()
                 finally:
                     ctx._idle.discard(scope)
-            if not drain.is_set() or trio.current_time() >= deadline:
+            if trio.current_time() >= deadline:
                 return None
 
     async def _receive(self, deadline: float) -> bytes | None:
         """Read once before `deadline`: bytes, b"" at EOF or reset, None at the deadline."""
+        data = self._recv_now()
+        if data is not None:
+            return data
         with trio.CancelScope(deadline=deadline):
             return await self._receive_some()
         return None
 
-    async def _receive_some(self) -> bytes:
-        """Read what the kernel has, waiting for it only if there is nothing yet.
+    def _recv_now(self) -> bytes | None:
+        """What the kernel holds (b"" at EOF or reset), or None if nothing yet; never waits.
 
-        b"" means EOF or a reset. Reading when there is data does not yield: `run()` makes
-        up for it with one checkpoint per request.
+        Reading without waiting does not yield to other tasks: `run()` makes up for it with
+        one checkpoint per request.
         """
-        raw = self.raw
+        try:
+            return self.raw.recv(_RECEIVE_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    async def _receive_some(self) -> bytes:
+        """Read, waiting for data if there is none yet; b"" means EOF or a reset."""
         while True:
+            data = self._recv_now()
+            if data is not None:
+                return data
             try:
-                return raw.recv(_RECEIVE_SIZE)
-            except BlockingIOError:
-                pass
-            except OSError:
-                return b""
-            try:
-                await trio.lowlevel.wait_readable(raw)
+                await trio.lowlevel.wait_readable(self.raw)
             except trio.ClosedResourceError:
                 return b""
             self._yielded = True
