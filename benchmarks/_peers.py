@@ -104,7 +104,9 @@ def _uvicorn(http: str, loop: str) -> Callable[[Path, str, int], list[str]]:
 
 
 def _granian(bin_dir: Path, app: str, port: int) -> list[str]:
-    # granian has no HTTP/1 idle timeout to raise.
+    # granian has no HTTP/1 idle timeout to raise. Its --backpressure (requests in progress per
+    # worker, open keep-alive connections included) defaults to its backlog, 1,024: the 1,025th
+    # idle connection would never be answered, so it is raised for the idle scenarios.
     return [
         str(bin_dir / "granian"),
         "--interface",
@@ -119,6 +121,8 @@ def _granian(bin_dir: Path, app: str, port: int) -> list[str]:
         "1",
         "--runtime-threads",
         "1",
+        "--backpressure",
+        "16384",
         "--loop",
         "uvloop",
         "--no-access-log",

@@ -31,6 +31,7 @@ __all__ = [
     "PORT_RANGE",
     "ServerProcess",
     "StartError",
+    "core_busy_seconds",
     "free_port",
     "request_ok",
     "start_server",
@@ -66,6 +67,20 @@ def free_port() -> int:
         finally:
             probe.close()
     raise StartError(f"no free port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
+
+
+def core_busy_seconds(core: int) -> float:
+    """Time core `core` spent busy (not idle or iowait) since boot, whoever ran, from /proc/stat.
+
+    The difference over a run, less the server's own CPU time, is what other processes (or the
+    hypervisor, as steal time) took from the server's core: a measure of how quiet the run was.
+    """
+    for line in Path("/proc/stat").read_text().splitlines():
+        words = line.split()
+        if words[0] == f"cpu{core}":
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, words[1:9])
+            return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+    raise OSError(f"no cpu{core} line in /proc/stat")
 
 
 def _stat_fields(pid: int) -> list[str]:

@@ -16,7 +16,12 @@ __all__ = ["render"]
 
 SUBJECT = "trioserve"
 
-Table = dict[str, Measurement]  # server name -> its measurement in one scenario
+Table = dict[str, Measurement]
+_LABELS = {
+    "rps": "req/s",
+    "kib_per_conn": "KiB/conn",
+    "seconds": "seconds",
+}  # server name -> its measurement in one scenario
 
 
 def _num(value: float, digits: int = 0) -> str:
@@ -55,7 +60,7 @@ def _scenario_table(scenario: Scenario, table: Table, servers: Sequence[str]) ->
     ours = SUBJECT in table and bool(table[SUBJECT].values)
     rows = []
     if scenario.kind == "load":
-        header = ["server", "req/s", "p50 ms", "p99 ms", "CPU us/req", "errors"]
+        header = ["server", "req/s", "p50 ms", "p99 ms", "CPU us/req", "errors", "other load"]
         key = "rps"
         formats: list[Callable[[dict[str, float]], str]] = [
             lambda v: _num(v["rps"]),
@@ -63,6 +68,7 @@ def _scenario_table(scenario: Scenario, table: Table, servers: Sequence[str]) ->
             lambda v: _ms(v["p99_ms"]),
             lambda v: _num(v["cpu_us"], 1),
             lambda v: _num(v["errors"] + v["non_2xx"]),
+            lambda v: f"{v.get('other_pct', 0):.0f}%",
         ]
     elif scenario.kind == "memory":
         header = ["server", "held", "RSS before KiB", "RSS after KiB", "KiB/conn", "open s"]
@@ -83,7 +89,7 @@ def _scenario_table(scenario: Scenario, table: Table, servers: Sequence[str]) ->
         key = "seconds"
         formats = [lambda v: _num(v["seconds"], 3), lambda v: _num(v["exit_code"])]
     if ours:
-        header.append(f"trioserve ÷ server ({'req/s' if key == 'rps' else key})")
+        header.append(f"trioserve ÷ server ({_LABELS[key]})")
     header.append("note")
     for server in servers:
         measurement = table.get(server)

@@ -3,7 +3,8 @@
 Four kinds:
 - `load`: wrk against one app for a fixed time after a short warmup at the same concurrency;
   gives req/s, p50/p99 latency and the server's CPU time per request (utime+stime of the server's
-  process tree over the measured run, from /proc, divided by the requests wrk counted).
+  process tree over the measured run, from /proc, divided by the requests wrk counted), and how
+  much of the server's core anything else took meanwhile (from /proc/stat).
 - `memory`: the server's RSS after a short warmup, then after a client process has opened N
   keep-alive connections that each did one request and now sit idle; (after - before) / N.
 - `startup`: from spawning the server process to the first 200 it serves, median of three.
@@ -26,7 +27,14 @@ from typing import Literal
 
 import _wrk
 from _peers import Server
-from _process import ServerProcess, StartError, free_port, request_ok, start_server
+from _process import (
+    ServerProcess,
+    StartError,
+    core_busy_seconds,
+    free_port,
+    request_ok,
+    start_server,
+)
 
 __all__ = ["QUICK", "SCENARIOS", "Bench", "Measurement", "Scenario"]
 
@@ -60,8 +68,10 @@ SCENARIOS = {
         Scenario(
             "idle-10000", "memory", "memory per idle keep-alive connection, 10,000", "hello", 10000
         ),
-        Scenario("startup", "startup", "startup: spawn to first served request", "hello"),
-        Scenario("sigterm", "sigterm", "SIGTERM to exit, 1,000 idle connections", "hello", 1000),
+        Scenario("startup", "startup", "spawn to first served request", "hello"),
+        Scenario(
+            "sigterm", "sigterm", "SIGTERM to exit, 1,000 idle connections open", "hello", 1000
+        ),
     )
 }
 QUICK = ("hello-64",)
@@ -70,6 +80,9 @@ STARTUP_REPEATS = 3
 IDLE_OPEN_SECONDS = 120.0  # the idle client gives up opening after this long
 SIGTERM_BOUND = 30.0  # SIGKILL after this long; reported as "killed"
 STOP_BOUND = 10.0  # other stops: SIGKILL after this long
+# Percent of the server's core that other processes took during a load run, above which the
+# report flags the run: req/s is then low for a reason that is not the server's.
+OTHER_LOAD_WARNING = 5.0
 
 
 @dataclass
@@ -144,9 +157,14 @@ class Bench:
                 raise RuntimeError("the server did not answer a first request with a 200")
             if self.warmup > 0:
                 self._wrk(proc, scenario, self.warmup)
+            core = self.server_core
             cpu_before = proc.cpu_seconds()
+            busy_before = core_busy_seconds(core) if core is not None else 0.0
+            wall_before = time.monotonic()
             wrk = self._wrk(proc, scenario, self.duration)
             cpu = proc.cpu_seconds() - cpu_before
+            busy = core_busy_seconds(core) - busy_before if core is not None else cpu
+            wall = time.monotonic() - wall_before
             if proc.proc.poll() is not None:
                 result.note = f"exited with {proc.proc.returncode} during the run"
         finally:
@@ -159,7 +177,12 @@ class Bench:
             cpu_us=cpu * 1e6 / wrk.requests if wrk.requests else 0.0,
             errors=wrk.errors,
             non_2xx=wrk.non_2xx,
+            other_pct=max(0.0, (busy - cpu) * 100 / wall),
         )
+        if result.values["other_pct"] > OTHER_LOAD_WARNING:
+            result.note = "; ".join(
+                filter(None, [result.note, "server core was shared: see other load"])
+            )
 
     def _memory(self, scenario: Scenario, server: Server, result: Measurement) -> None:
         proc = self.start(server, scenario.app)
@@ -205,8 +228,11 @@ class Bench:
         finally:
             proc.kill()
         result.values.update(seconds=seconds, exit_code=-9 if code is None else code)
+        if code is not None and code < 0:
+            result.note = f"ended by signal {-code}: no drain of its own, or re-raised after one"
         if code is None:
             result.note = f"still running {SIGTERM_BOUND:g} s after SIGTERM: killed"
+            print(f"  {server.name} log:\n{proc.log_tail()}", file=sys.stderr, flush=True)
 
 
 class IdleClient:

@@ -40,9 +40,9 @@ def draw(data: dict[str, Any], out: Path) -> None:
         ax.set_visible(False)
     for ax, scenario in zip(axes.flat, scenarios, strict=False):
         key, label, higher_better = _METRIC[scenario["kind"]]
-        measured = [m for m in scenario["measurements"] if key in m["values"]]
+        measured = scenario["measurements"]
         names = [m["title"] for m in measured]
-        values = [m["values"][key] for m in measured]
+        values = [m["values"].get(key, 0.0) for m in measured]
         colours = ["#d9480f" if m["server"] == _SUBJECT else "#748ffc" for m in measured]
         bars = ax.barh(names, values, color=colours)
         ax.invert_yaxis()
@@ -50,11 +50,15 @@ def draw(data: dict[str, Any], out: Path) -> None:
         better = "higher is better" if higher_better else "lower is better"
         ax.set_xlabel(f"{label} ({better})", fontsize=8)
         ax.tick_params(labelsize=8)
-        ours = next((m["values"][key] for m in measured if m["server"] == _SUBJECT), None)
+        ours = next((m["values"].get(key) for m in measured if m["server"] == _SUBJECT), None)
         for bar, m, value in zip(bars, measured, values, strict=True):
             text = f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
-            if ours is not None and m["server"] != _SUBJECT and value:
+            if key not in m["values"]:
+                text = "not measured: " + m["note"][:60]
+            elif ours is not None and m["server"] != _SUBJECT and value:
                 text += f"  (trioserve {ours / value:.2f}x)"
+            if m["values"].get("exit_code", 0) < 0:
+                text += "  (exit by signal)"
             ax.text(
                 bar.get_width(),
                 bar.get_y() + bar.get_height() / 2,
@@ -62,7 +66,7 @@ def draw(data: dict[str, Any], out: Path) -> None:
                 va="center",
                 fontsize=7,
             )
-        ax.set_xlim(0, max(values) * 1.45 if values else 1)
+        ax.set_xlim(0, max(values, default=0) * 1.6 or 1)
     fig.suptitle(data["title"], fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=90)

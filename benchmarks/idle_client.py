@@ -81,6 +81,7 @@ def open_idle(port: int, count: int, deadline: float) -> list[socket.socket]:
                 sock.sendall(REQUEST)
             for sock in batch:
                 _read_response(sock)
+                sock.setblocking(False)  # from now on only peeked at, never waited on
     except OSError as exc:
         print(f"stopped after {len(held)} connections: {exc!r}", file=sys.stderr)
     return held

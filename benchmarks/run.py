@@ -227,11 +227,14 @@ def main(argv: list[str]) -> int:
             scenario = SCENARIOS[name]
             print(f"== {name}: {scenario.title}", flush=True)
             table = results.setdefault(name, {})
+            # Rounds are interleaved (every server once, then again) so that a slow minute of
+            # the machine hits every server rather than all rounds of one.
+            rounds: dict[str, list[Measurement]] = {server_name: [] for server_name in servers}
+            for _ in range(args.rounds):
+                for server_name in servers:
+                    rounds[server_name].append(bench.measure(scenario, SERVERS[server_name]))
             for server_name in servers:
-                rounds = []
-                for _ in range(args.rounds):
-                    rounds.append(bench.measure(scenario, SERVERS[server_name]))
-                table[server_name] = _median_round(rounds, scenario.kind)
+                table[server_name] = _median_round(rounds[server_name], scenario.kind)
                 shown = ", ".join(f"{k}={v:,.4g}" for k, v in table[server_name].values.items())
                 print(f"  {server_name}: {shown or table[server_name].note}", flush=True)
 
