@@ -35,6 +35,7 @@ __all__ = [
     "free_port",
     "request_ok",
     "start_server",
+    "wait_until_quiet",
 ]
 
 # Fixed high ports, below Linux's default ephemeral range (32768-60999) so no client socket of
@@ -70,17 +71,36 @@ def free_port() -> int:
 
 
 def core_busy_seconds(core: int) -> float:
-    """Time core `core` spent busy (not idle or iowait) since boot, whoever ran, from /proc/stat.
+    """Time core `core` spent running processes, or stolen by the hypervisor, since boot.
 
-    The difference over a run, less the server's own CPU time, is what other processes (or the
-    hypervisor, as steal time) took from the server's core: a measure of how quiet the run was.
+    From /proc/stat. The difference over a run, less the server's own CPU time, is what other
+    processes (or the hypervisor) took from the server's core: a measure of how quiet the run
+    was. Interrupt and softirq time are left out: on loopback most of it is the network stack
+    carrying the benchmark's own packets, which no process is charged for.
     """
     for line in Path("/proc/stat").read_text().splitlines():
         words = line.split()
         if words[0] == f"cpu{core}":
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, words[1:9])
-            return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+            user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(int, words[1:9])
+            return (user + nice + system + steal) / _CLK_TCK
     raise OSError(f"no cpu{core} line in /proc/stat")
+
+
+def wait_until_quiet(cores: Sequence[int], *, busy_below: float, within: float) -> float:
+    """Wait, up to `within` seconds, until `cores` together are busy less than `busy_below`
+    (a fraction of one core) over a 0.5 s sample; returns the seconds waited.
+
+    On a shared machine a test suite or another benchmark may be running: starting a load run
+    in a quiet moment costs a few seconds and saves a meaningless figure.
+    """
+    start = time.monotonic()
+    while True:
+        before = sum(core_busy_seconds(core) for core in cores)
+        time.sleep(0.5)
+        busy = (sum(core_busy_seconds(core) for core in cores) - before) / 0.5
+        waited = time.monotonic() - start
+        if busy < busy_below or waited >= within:
+            return waited
 
 
 def _stat_fields(pid: int) -> list[str]:

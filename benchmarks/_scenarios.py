@@ -34,6 +34,7 @@ from _process import (
     free_port,
     request_ok,
     start_server,
+    wait_until_quiet,
 )
 
 __all__ = ["QUICK", "SCENARIOS", "Bench", "Measurement", "Scenario"]
@@ -83,6 +84,10 @@ STOP_BOUND = 10.0  # other stops: SIGKILL after this long
 # Percent of the server's core that other processes took during a load run, above which the
 # report flags the run: req/s is then low for a reason that is not the server's.
 OTHER_LOAD_WARNING = 5.0
+# Before each load run: wait up to QUIET_WAIT s for both cores to be less busy than this (a
+# fraction of one core, the idle server included) over half a second.
+QUIET_BUSY = 0.10
+QUIET_WAIT = 10.0
 
 
 @dataclass
@@ -104,12 +109,14 @@ class Bench:
     warmup: float
     server_core: int | None
     load_core: int | None
+    source: Path | None = None  # a snapshot holding `trioserve/`, imported instead of the tree
 
     def start(self, server: Server, app: str, *, until_response: bool = False) -> ServerProcess:
         port = 0 if server.notify else free_port()
         env = {
             "PATH": f"{self.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-            "PYTHONPATH": str(self.bench_dir),
+            # PYTHONPATH comes before the editable install's finder, so a snapshot wins.
+            "PYTHONPATH": ":".join(str(p) for p in (self.source, self.bench_dir) if p),
             "LANG": "C.UTF-8",
         }
         return start_server(
@@ -155,6 +162,11 @@ class Bench:
         try:
             if not request_ok(proc.port):
                 raise RuntimeError("the server did not answer a first request with a 200")
+            if self.server_core is not None and self.load_core is not None:
+                cores = (self.server_core, self.load_core)
+                waited = wait_until_quiet(cores, busy_below=QUIET_BUSY, within=QUIET_WAIT)
+                if waited >= QUIET_WAIT:
+                    result.note = f"machine not quiet after {QUIET_WAIT:g} s"
             if self.warmup > 0:
                 self._wrk(proc, scenario, self.warmup)
             core = self.server_core

@@ -31,7 +31,7 @@ import _report
 import _wrk
 from _peers import SERVERS, ensure_venv, installed_versions
 from _process import StartError
-from _scenarios import QUICK, SCENARIOS, Bench, Measurement
+from _scenarios import OTHER_LOAD_WARNING, QUICK, SCENARIOS, Bench, Measurement
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -59,6 +59,11 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--chart", type=Path, help="PNG to draw (default: see README)")
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--rebuild-venv", action="store_true", help="recreate .venv-peers")
+    parser.add_argument(
+        "--rev",
+        help="measure trioserve as committed at this git revision (e.g. HEAD) rather than the "
+        "working tree, which may change under a long run",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 5 or not 0.5 <= args.duration <= 60 or not 0 <= args.warmup <= 10:
         parser.error("keep --rounds in 1-5, --duration in 0.5-60 s, --warmup in 0-10 s")
@@ -116,17 +121,32 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores, Linux {os.uname().release}"
 
 
-def _git_revision() -> str:
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip()
-
-    revision = git("rev-parse", "--short", "HEAD") or "unknown"
-    return revision + (
-        " + uncommitted changes" if git("status", "--porcelain", "trioserve") else ""
+def _git(*args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
     )
+    return done.stdout.strip()
+
+
+def _git_revision(rev: str | None) -> str:
+    if rev:
+        return "trioserve as committed at " + _git("rev-parse", "--short", rev)
+    revision = "the working tree at " + (_git("rev-parse", "--short", "HEAD") or "unknown")
+    return revision + (
+        " + uncommitted changes" if _git("status", "--porcelain", "trioserve") else ""
+    )
+
+
+def _snapshot(rev: str, into: Path) -> Path:
+    """`trioserve/` as committed at `rev`, extracted under `into`."""
+    if not _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"):
+        raise SystemExit(f"--rev {rev}: not a commit in this repository")
+    into.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "trioserve"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
 
 
 def _probe_trioserve(bench: Bench) -> str:
@@ -157,7 +177,8 @@ def _preamble(
     command = " ".join(["python3 benchmarks/run.py", *sys.argv[1:]])
     shown = ", ".join(f"{name} {version}" for name, version in sorted(versions.items()))
     lines = [
-        f"Scenario set `{set_name}`, produced by `{command}` (repository at {_git_revision()}).",
+        f"Scenario set `{set_name}`, produced by `{command}`, measuring "
+        f"{_git_revision(args.rev)}.",
         "",
         f"- Machine: {_machine()}. Machines like this drift by up to 30% over minutes: compare "
         "ratios within one run, not absolute numbers across runs.",
@@ -167,6 +188,9 @@ def _preamble(
         f"{args.warmup:g} s warmup, then {args.duration:g} s measured, keep-alive, loopback; "
         f"{args.rounds} round(s), the median round is shown. CPU per request is the server's "
         "utime+stime over the measured run (from /proc) divided by the requests wrk counted. "
+        "Other load is the share of core 0 that anything but the server took meanwhile (from "
+        f"/proc/stat); above {OTHER_LOAD_WARNING:g}% the run is flagged, as its req/s is then "
+        "low for a reason that is not the server's (CPU per request holds up better). "
         "Access logs off, log level warning, idle timeouts raised to 300 s; otherwise defaults.",
     ]
     lines += [f"- Note: {note}" for note in notes]
@@ -212,6 +236,7 @@ def main(argv: list[str]) -> int:
             warmup=args.warmup,
             server_core=server_core,
             load_core=load_core,
+            source=_snapshot(args.rev, Path(log_dir) / "src") if args.rev else None,
         )
         if "trioserve" in servers:
             why = _probe_trioserve(bench)
