@@ -394,6 +394,33 @@ async def test_idle_connection_closes_at_keep_alive_timeout(autojump_clock: Cloc
             assert trio.current_time() - start == pytest.approx(5, abs=0.5)
 
 
+async def test_each_idle_connection_closes_at_its_own_deadline(autojump_clock: Clock) -> None:
+    closed: dict[str, float] = {}
+
+    async def watch(name: str, client: RawClient) -> None:
+        assert await client.rest() == b""
+        closed[name] = trio.current_time()
+
+    with trio.fail_after(60):
+        async with running(hello, ServerConfig(keep_alive_timeout=5)) as server:
+            start = trio.current_time()
+            first = await server.connect()
+            await first.send(request("/"))
+            assert await first.response() is not None
+            await trio.sleep(2)
+            second = await server.connect()
+            await second.send(request("/"))
+            assert await second.response() is not None
+            await trio.sleep(2)
+            await first.send(request("/again"))  # its idle clock starts over
+            assert await first.response() is not None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch, "first", first)
+                nursery.start_soon(watch, "second", second)
+    assert closed["second"] - start == pytest.approx(7, abs=0.1)
+    assert closed["first"] - start == pytest.approx(9, abs=0.1)
+
+
 async def test_header_timeout_answers_408(autojump_clock: Clock) -> None:
     config = ServerConfig(header_timeout=10, keep_alive_timeout=100)
     with trio.fail_after(60):

@@ -48,6 +48,9 @@ _RECEIVE_SIZE: Final = 64 * 1024
 # reset that destroys the response in flight (nginx's lingering_close, which uses 5 s).
 _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 1024 * 1024
+# How often the idle reaper looks when no connection is idle; with some idle it sleeps until the
+# oldest one's deadline exactly.
+_REAP_TICK: Final = 1.0
 # Bytes read ahead (the next pipelined request) while the app waits for a disconnect.
 _READ_AHEAD_LIMIT: Final = 64 * 1024
 
@@ -66,8 +69,10 @@ class ConnectionContext:
     drain: trio.Event  # set once, when the drain starts
     in_flight: int = 0  # app calls running now, for limit_concurrency
     requests: int = 0  # requests answered since start (app calls and our own refusals)
-    _idle: set[trio.CancelScope] = field(default_factory=set, init=False, repr=False)
-    _watching_drain: bool = field(default=False, init=False, repr=False)
+    # Connections waiting for their next request, with their keep-alive deadlines. Every
+    # connection of a context has the same timeout, so insertion order is deadline order.
+    _idle: dict[_Connection, float] = field(default_factory=dict, init=False, repr=False)
+    _reaper: bool = field(default=False, init=False, repr=False)
 
 
 async def serve_connection(
@@ -106,10 +111,41 @@ def _peer(client: tuple[str, int] | None) -> str:
     return "-" if client is None else f"{client[0]}:{client[1]}"
 
 
-async def _close_idle_on_drain(ctx: ConnectionContext) -> None:
-    await ctx.drain.wait()
-    for scope in list(ctx._idle):
-        scope.cancel()
+async def _reap_idle(ctx: ConnectionContext) -> None:
+    """Close idle connections at their keep-alive deadline, and all of them when the drain starts.
+
+    One task per context instead of a cancel scope per wait: a scope with a deadline costs
+    15-20 us of CPU per request at load here (measured), a third of all we spend. The task
+    sleeps until the oldest idle connection's deadline (or a tick when none is idle) and wakes
+    a connection with `notify_closing`, which makes its `wait_readable` raise.
+    """
+    idle = ctx._idle
+    tick = min(_REAP_TICK, ctx.config.keep_alive_timeout)
+    try:
+        while not ctx.drain.is_set():
+            now = trio.current_time()
+            wake = now + tick
+            while idle:  # oldest first; stop at the first one still in time
+                connection, deadline = next(iter(idle.items()))
+                if deadline > now:
+                    wake = deadline
+                    break
+                _reap(connection)
+            with trio.move_on_at(wake):
+                await ctx.drain.wait()
+        while idle:
+            _reap(next(iter(idle)))
+    finally:
+        ctx._reaper = False
+
+
+def _reap(connection: _Connection) -> None:
+    # This runs in a system task, where an exception would crash the whole trio run.
+    try:
+        connection.reap()
+    except Exception:
+        connection.ctx._idle.pop(connection, None)
+        error_log.exception("internal error closing an idle connection")
 
 
 class _Connection:
@@ -117,6 +153,7 @@ class _Connection:
         "_head_deadline",
         "_read_free",
         "_reading",
+        "_reaped",
         "_writing",
         "_yielded",
         "aborted",
@@ -141,6 +178,7 @@ class _Connection:
         self.stream = stream
         self.raw = raw
         self._yielded = False
+        self._reaped = False
         self.ctx = ctx
         self.config = ctx.config
         self.client = client
@@ -205,28 +243,40 @@ class _Connection:
 
     async def _read_idle(self) -> bytes | None:
         """Wait for the next request; None to close (keep-alive timeout, or the drain)."""
+        # Request bytes the kernel already holds count as a request in progress, even during
+        # the drain.
+        data = self._recv_now()
+        if data is not None:
+            return data
         ctx = self.ctx
-        drain = ctx.drain
-        if not ctx._watching_drain:
-            ctx._watching_drain = True
-            trio.lowlevel.spawn_system_task(_close_idle_on_drain, ctx, name="trioserve drain")
-        deadline = trio.current_time() + self.config.keep_alive_timeout
-        while True:
-            # Request bytes the kernel already holds count as a request in progress, even
-            # during the drain.
-            data = self._recv_now()
-            if data is not None:
-                return data
-            if drain.is_set():
-                return None
-            with trio.CancelScope(deadline=deadline) as scope:
-                ctx._idle.add(scope)
+        if ctx.drain.is_set():
+            return None
+        if not ctx._reaper:
+            ctx._reaper = True
+            trio.lowlevel.spawn_system_task(_reap_idle, ctx, name="trioserve idle reaper")
+        self._reaped = False
+        ctx._idle[self] = trio.current_time() + self.config.keep_alive_timeout
+        try:
+            while True:
                 try:
-                    return await self._receive_some()
-                finally:
-                    ctx._idle.discard(scope)
-            if trio.current_time() >= deadline:
-                return None
+                    await trio.lowlevel.wait_readable(self.raw)
+                except trio.ClosedResourceError:
+                    if not self._reaped:
+                        return b""
+                self._yielded = True
+                data = self._recv_now()
+                if data is not None:
+                    return data
+                if self._reaped:
+                    return None
+        finally:
+            ctx._idle.pop(self, None)
+
+    def reap(self) -> None:
+        """Wake this idle connection to close (from the reaper task)."""
+        del self.ctx._idle[self]
+        self._reaped = True
+        trio.lowlevel.notify_closing(self.raw)
 
     async def _receive(self, deadline: float) -> bytes | None:
         """Read once before `deadline`: bytes, b"" at EOF or reset, None at the deadline."""
