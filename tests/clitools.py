@@ -6,6 +6,7 @@ the test binds. The `STATUS=` in the same datagram lists the live listeners.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import IO
 
 STARTUP_TIMEOUT = 20.0
+# Every server started, so that tests/conftest.py can stop any a failing test left running.
+STARTED: list[Server] = []
 
 
 @dataclass
@@ -47,6 +50,11 @@ class Server:
             if message.startswith(prefix):
                 return message
 
+    def kill(self) -> None:
+        """SIGKILL the server and every worker it started (its own process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
     def read_stdout_line(self) -> str:
         """The app's next stdout line (tests' apps print when a request reaches them)."""
         assert self.process.stdout is not None
@@ -60,7 +68,7 @@ class Server:
         try:
             _, err = self.process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self.kill()
             _, err = self.process.communicate()
             raise AssertionError(f"server did not exit in {timeout} s: {err.decode()}") from None
         finally:
@@ -121,8 +129,12 @@ def start_server(
         stdout=stdout,
         stderr=subprocess.PIPE,
         pass_fds=pass_fds,
+        # Its own process group (id = its pid): cleanup can stop it and any workers it
+        # started, and nothing else.
+        start_new_session=True,
     )
     server = Server(process, notify)
+    STARTED.append(server)
     if wait_ready:
         try:
             ready = server.wait_message("READY=1")

@@ -8,9 +8,11 @@ once). Every option can also be given as a `TRIOSERVE_*` environment variable.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import click
 import trio
@@ -19,10 +21,12 @@ from . import __version__
 from ._asgi_types import ASGIApp
 from ._config import ServerConfig
 from ._errors import TrioserveError
-from ._importer import load_app
+from ._importer import check_app_path, load_app
+from ._listeners import default_listen_specs, open_listeners
 from ._notify import Notifier
 from ._serve import serve
 from ._spec import ListenSpec, parse_listen
+from ._supervisor import Supervisor
 
 __all__ = ["main"]
 
@@ -116,6 +120,38 @@ def _parse_specs(values: tuple[str, ...]) -> list[ListenSpec]:
 )
 @click.option("--access-log/--no-access-log", default=True, help="Log one line per request.")
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run N worker processes on the same sockets under a supervisor (SIGHUP: rolling "
+    "restart). Default: one process, no supervisor.",
+)
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Development: restart the worker when a .py file under --reload-dir changes. Needs "
+    "the 'reload' extra (watchfiles).",
+)
+@click.option(
+    "--reload-dir",
+    "reload_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Directory to watch with --reload (repeatable). Default: --app-dir.",
+)
+@click.option(
+    "--max-requests",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Under the supervisor, replace a worker after about this many requests.",
+)
+@click.option(
+    "--max-requests-jitter",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Add up to this many to --max-requests, per worker, so they do not recycle together.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -138,6 +174,11 @@ def cli(
     graceful_timeout: float,
     server_header: bool,
     access_log: bool,
+    workers: int | None,
+    reload: bool,
+    reload_dirs: tuple[str, ...],
+    max_requests: int | None,
+    max_requests_jitter: int,
     log_level: str,
 ) -> None:
     """Serve the ASGI application APP (module:attribute) over HTTP/1.1.
@@ -160,46 +201,126 @@ def cli(
             server_header="trioserve" if server_header else None,
             graceful_timeout=graceful_timeout,
             access_log=access_log,
+            max_requests=max_requests,
         )
-        asgi_app = load_app(app, factory=factory, app_dir=app_dir)
-        code = trio.run(_run, asgi_app, specs or None, config)
+        if workers is None and not reload:
+            asgi_app = load_app(app, factory=factory, app_dir=app_dir)
+            code = trio.run(_run, _Single(asgi_app, specs or None, config))
+        else:
+            check_app_path(app, app_dir=app_dir)
+            supervised = _Supervised(
+                command=_worker_command(click.get_current_context()),
+                specs=specs or None,
+                workers=workers or 1,
+                config=config,
+                max_requests_jitter=max_requests_jitter,
+                reload_dirs=[os.path.abspath(d) for d in reload_dirs or (app_dir,)]
+                if reload
+                else None,
+            )
+            code = trio.run(_run, supervised)
     except TrioserveError as exc:
         click.echo(f"trioserve: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     sys.exit(code)
 
 
-async def _run(app: ASGIApp, specs: list[ListenSpec] | None, config: ServerConfig) -> int:
-    """Serve until a signal; the first drains, a second cuts the drain short."""
+class _Runner(Protocol):
+    async def run(self, notifier: Notifier, force_stop: trio.Event) -> None: ...
+
+    def restart(self) -> bool: ...
+
+
+@dataclass
+class _Single:
+    """One process serving the app itself."""
+
+    app: ASGIApp
+    specs: list[ListenSpec] | None
+    config: ServerConfig
+
+    async def run(self, notifier: Notifier, force_stop: trio.Event) -> None:
+        await serve(
+            self.app, self.specs, config=self.config, notifier=notifier, force_stop=force_stop
+        )
+
+    def restart(self) -> bool:
+        return False
+
+
+@dataclass
+class _Supervised:
+    """The supervisor: it holds the sockets and runs the app in socket-activated workers."""
+
+    command: list[str]
+    specs: list[ListenSpec] | None
+    workers: int
+    config: ServerConfig
+    max_requests_jitter: int
+    reload_dirs: list[str] | None
+    supervisor: Supervisor | None = None
+
+    async def run(self, notifier: Notifier, force_stop: trio.Event) -> None:
+        listeners = await open_listeners(
+            default_listen_specs() if self.specs is None else self.specs
+        )
+        try:
+            self.supervisor = Supervisor(
+                self.command,
+                listeners,
+                workers=self.workers,
+                graceful_timeout=self.config.graceful_timeout,
+                max_requests=self.config.max_requests,
+                max_requests_jitter=self.max_requests_jitter,
+                notifier=notifier,
+                reload_dirs=self.reload_dirs,
+                force_stop=force_stop,
+            )
+            for listener in listeners:
+                log.info("listening on %s", listener)
+            await self.supervisor.run()
+        finally:
+            for listener in listeners:
+                listener.close()
+
+    def restart(self) -> bool:
+        if self.supervisor is None:
+            return False
+        self.supervisor.restart()
+        return True
+
+
+async def _run(runner: _Runner) -> int:
+    """Run until a signal: the first SIGTERM/SIGINT drains, a second stops at once; SIGHUP
+    restarts the workers when there are any."""
     notifier = Notifier.from_environ()
     force_stop = trio.Event()
     error: TrioserveError | None = None
     try:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
-                serve_scope = trio.CancelScope()
+                scope = trio.CancelScope()
 
-                async def run_server() -> None:
+                async def run() -> None:
                     nonlocal error
                     try:
-                        with serve_scope:
-                            await serve(
-                                app,
-                                specs,
-                                config=config,
-                                notifier=notifier,
-                                force_stop=force_stop,
-                            )
+                        with scope:
+                            await runner.run(notifier, force_stop)
                     except TrioserveError as exc:
                         error = exc
                     nursery.cancel_scope.cancel()
 
-                nursery.start_soon(run_server)
+                nursery.start_soon(run)
                 async for signum in signals:
                     name = signal.Signals(signum).name
-                    if not serve_scope.cancel_called:
+                    if signum == signal.SIGHUP:
+                        if runner.restart():
+                            log.info("SIGHUP: rolling restart")
+                        else:
+                            log.warning("SIGHUP ignored: no workers to restart (see --workers)")
+                    elif not scope.cancel_called:
                         log.info("%s: draining (send it again to stop at once)", name)
-                        serve_scope.cancel()
+                        scope.cancel()
                     else:
                         log.warning("%s again: stopping now", name)
                         force_stop.set()
@@ -208,6 +329,35 @@ async def _run(app: ASGIApp, specs: list[ListenSpec] | None, config: ServerConfi
     if error is not None:
         raise error
     return EXIT_FORCED if force_stop.is_set() else 0
+
+
+# Options that belong to the supervisor and are not passed on to its workers.
+_SUPERVISOR_ONLY = frozenset(
+    {"app", "listen", "workers", "reload", "reload_dirs", "max_requests", "max_requests_jitter"}
+)
+
+
+def _worker_command(ctx: click.Context) -> list[str]:
+    """The command line a worker runs: this one, less the supervisor's own options.
+
+    Built from click's parsed parameters rather than by editing argv, so every option (also
+    those given as TRIOSERVE_* variables, which workers do not inherit) reaches the workers.
+    """
+    args = [sys.executable, "-m", "trioserve", ctx.params["app"]]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in _SUPERVISOR_ONLY:
+            continue
+        value = ctx.params.get(param.name or "")
+        if param.name == "app_dir":
+            value = os.path.abspath(str(value))
+        if param.is_flag:
+            if param.secondary_opts:
+                args.append(param.opts[-1] if value else param.secondary_opts[-1])
+            elif value:
+                args.append(param.opts[-1])
+        elif value is not None:
+            args += [param.opts[-1], str(value)]
+    return args
 
 
 def _configure_logging(level: str, access_log: bool) -> None:

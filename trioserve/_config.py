@@ -48,6 +48,10 @@ class ServerConfig:
     # 30 s: systemd's default TimeoutStopSec is 90 s, so a drain fits well inside it.
     graceful_timeout: float = 30.0
     access_log: bool = True
+    # None: serve for ever. Under the supervisor (--workers), a worker that has started this
+    # many requests asks to be replaced (sd_notify TRIOSERVE_RECYCLE=1), which the supervisor
+    # does without dropping a connection: a bound on slow leaks in long-running apps.
+    max_requests: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("keep_alive_timeout", "header_timeout", "body_timeout", "write_timeout"):
@@ -68,6 +72,8 @@ class ServerConfig:
             raise ConfigError(
                 f"limit_concurrency must be at least 1, not {self.limit_concurrency}"
             )
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ConfigError(f"max_requests must be at least 1, not {self.max_requests}")
         if self.lifespan not in ("auto", "on", "off"):
             raise ConfigError(f"lifespan must be auto, on or off, not {self.lifespan!r}")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any, cast
 
 from ._asgi_types import ASGIApp
 from ._errors import AppLoadError
 
-__all__ = ["load_app"]
+__all__ = ["check_app_path", "load_app"]
 
 
 def load_app(path: str, *, factory: bool = False, app_dir: str | None = None) -> ASGIApp:
@@ -52,6 +53,27 @@ def load_app(path: str, *, factory: bool = False, app_dir: str | None = None) ->
     if not callable(obj):
         raise AppLoadError(f"{path!r} is a {type(obj).__name__}, not an ASGI application")
     return cast(ASGIApp, obj)
+
+
+def check_app_path(path: str, *, app_dir: str | None = None) -> None:
+    """Check that `path`'s module can be found, without importing it.
+
+    The supervisor never imports the app (its workers do, fresh each time), but a typo in the
+    module name should still be one clear line at once, not a worker that fails to start.
+    """
+    module_name, _, attrs = path.partition(":")
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
+        raise AppLoadError(f"{path!r} is not an import path of the form 'module:attribute'")
+    if attrs and not all(part.isidentifier() for part in attrs.split(".")):
+        raise AppLoadError(f"{path!r}: {attrs!r} is not a (dotted) attribute name")
+    if app_dir is not None and app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:
+        raise AppLoadError(f"cannot import {path!r}: {_describe(exc)}") from exc
+    if spec is None:
+        raise AppLoadError(f"cannot import {path!r}: no module named {module_name!r}")
 
 
 def _describe(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from ._asgi_types import ASGIApp
+from ._asgi_types import ASGIApp, ASGIReceive, ASGISend, Scope
 from ._config import ServerConfig
 from ._connection import ConnectionContext, serve_connection
 from ._errors import LifespanError
@@ -96,6 +96,8 @@ class _Server:
         self.notifier = notifier
         self.force_stop = force_stop
         self.state: dict[str, Any] = {}
+        if config.max_requests is not None:
+            app = self._count_requests(app, config.max_requests)
         self.ctx = ConnectionContext(app=app, config=config, state=self.state, drain=trio.Event())
         self.open_connections = 0
         self.connections_done = trio.Event()
@@ -163,6 +165,25 @@ class _Server:
             nursery.cancel_scope.cancel()
         # Whatever cut the above short, no connection outlives serve().
         self.connections_scope.cancel()
+
+    def _count_requests(self, app: ASGIApp, limit: int) -> ASGIApp:
+        """Wrap `app` to ask for a replacement (sd_notify) once `limit` requests have started.
+
+        Only when max_requests is set, so the usual request path pays nothing for it. The
+        worker keeps serving until the supervisor's replacement is ready and drains it.
+        """
+        started = 0
+
+        async def counting(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+            nonlocal started
+            if scope["type"] == "http":
+                started += 1
+                if started == limit:
+                    log.info("%d requests served (--max-requests): asking to be replaced", limit)
+                    self.notifier.notify(TRIOSERVE_RECYCLE=1, STATUS="max requests reached")
+            await app(scope, receive, send)
+
+        return counting
 
     async def _run_connections(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
         with self.connections_scope:
