@@ -665,6 +665,21 @@ async def test_app_failures_before_the_response_give_500(
     ]
 
 
+async def test_a_swallowed_asgi_error_is_still_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        with contextlib.suppress(RuntimeError):
+            await send({"type": "http.response.bogus"})
+        await hello(scope, receive, send)
+
+    with trio.fail_after(10):
+        async with running(app) as server:
+            client = await server.connect()
+            await client.send(request("/"))
+            reply = await client.response()
+            assert reply is not None and reply.status == 200
+    assert any("http.response.bogus" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("app", [fails_after_start, fails_after_length])
 async def test_app_failure_after_the_start_truncates(
     app: Any, caplog: pytest.LogCaptureFixture
