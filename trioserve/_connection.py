@@ -24,18 +24,10 @@ from typing import Any, Final
 
 import trio
 
-from ._asgi_types import ASGIApp, Message
+from ._asgi_types import ASGIApp
 from ._config import ServerConfig
-from ._protocol import (
-    CLOSED,
-    CONTINUE_RESPONSE,
-    NEED_DATA,
-    PEER_GONE,
-    ASGIError,
-    HTTPCore,
-    HTTPError,
-    Phase,
-)
+from ._exchange import ClientDisconnected, Exchange, peer_name
+from ._protocol import CLOSED, NEED_DATA, HTTPCore, HTTPError, Phase
 
 __all__ = ["ClientDisconnected", "ConnectionContext", "serve_connection"]
 
@@ -52,12 +44,6 @@ _LINGER_BYTES: Final = 1024 * 1024
 # How often the idle reaper looks when no connection is idle; with some idle it sleeps until the
 # oldest one's deadline exactly.
 _REAP_TICK: Final = 1.0
-# Bytes read ahead (the next pipelined request) while the app waits for a disconnect.
-_READ_AHEAD_LIMIT: Final = 64 * 1024
-
-
-class ClientDisconnected(OSError):
-    """Raised by `send()` once the response can no longer reach the client (ASGI spec 2.4)."""
 
 
 @dataclass(eq=False)
@@ -94,7 +80,7 @@ async def serve_connection(
     try:
         raw = socket.socket(fileno=stream.socket.fileno())
     except OSError as exc:  # closed or reset before we got here
-        error_log.debug("connection from %s lost before it started: %s", _peer(client), exc)
+        error_log.debug("connection from %s lost before it started: %s", peer_name(client), exc)
         await trio.aclose_forcefully(stream)
         return
     try:
@@ -102,14 +88,10 @@ async def serve_connection(
         await _Connection(stream, raw, ctx, client, server, listener).run()
     except Exception:
         # Our own bug: lose this connection, not the server.
-        error_log.exception("internal error on the connection from %s", _peer(client))
+        error_log.exception("internal error on the connection from %s", peer_name(client))
     finally:
         raw.detach()
         await trio.aclose_forcefully(stream)
-
-
-def _peer(client: tuple[str, int] | None) -> str:
-    return "-" if client is None else f"{client[0]}:{client[1]}"
 
 
 async def _reap_idle(ctx: ConnectionContext) -> None:
@@ -214,7 +196,7 @@ class _Connection:
                 return
             else:
                 assert isinstance(event, HTTPError)
-                error_log.debug("refused a request from %s: %s", _peer(self.client), event)
+                error_log.debug("refused a request from %s: %s", peer_name(self.client), event)
                 await self._refuse(event.status, event.detail)
                 return
 
@@ -236,7 +218,9 @@ class _Connection:
             data = await self._receive(deadline)
             if data is None:
                 if phase is Phase.HEAD:
-                    error_log.debug("header timeout on the connection from %s", _peer(self.client))
+                    error_log.debug(
+                        "header timeout on the connection from %s", peer_name(self.client)
+                    )
                     await self._refuse(408, "request head not received in time")
                 return False
         core.receive_data(data)
@@ -346,7 +330,7 @@ class _Connection:
                         continue
                     if sent == len(view):
                         return True
-            error_log.debug("write timeout on the connection from %s", _peer(self.client))
+            error_log.debug("write timeout on the connection from %s", peer_name(self.client))
         except (OSError, trio.ClosedResourceError):
             pass
         finally:
@@ -390,10 +374,10 @@ class _Connection:
         start = trio.current_time() if log else 0.0
         limit = self.config.limit_concurrency
         if limit is not None and ctx.in_flight >= limit:
-            error_log.debug("concurrency limit: 503 to %s", _peer(self.client))
+            error_log.debug("concurrency limit: 503 to %s", peer_name(self.client))
             await self._refuse(503, "too many requests in progress", scope, start)
             return False
-        exchange = _Exchange(self)
+        exchange = Exchange(self)
         ctx.in_flight += 1
         try:
             await ctx.app(scope, exchange.receive, exchange.send)
@@ -467,14 +451,14 @@ class _Connection:
             request = f"{scope['method']} {_target(scope)} HTTP/{scope['http_version']}"
         access_log.info(
             '%s - "%s" %d %d %.1fms',
-            _peer(self.client),
+            peer_name(self.client),
             request,
             core.status,
             core.body_bytes,
             (trio.current_time() - start) * 1000,
         )
 
-    # -- reads on behalf of the app (see _Exchange.receive) --------------------------------
+    # -- reads on behalf of the app (see Exchange.receive) ---------------------------------
 
     async def read_for_app(self, deadline: float | None) -> bytes | None:
         """One read while the app runs; only one task reads at a time. None at the deadline."""
@@ -499,98 +483,3 @@ def _target(scope: dict[str, Any]) -> str:
     target = scope["raw_path"].decode("ascii", "replace")
     query = scope["query_string"]
     return f"{target}?{query.decode('ascii', 'replace')}" if query else target
-
-
-class _Exchange:
-    """The receive and send callables of one request; inert once the request is over."""
-
-    __slots__ = ("_watchers", "conn", "done", "error")
-
-    def __init__(self, conn: _Connection) -> None:
-        self.conn = conn
-        self.done = False
-        self.error: ASGIError | None = None
-        self._watchers: list[trio.CancelScope] | None = None
-
-    def end(self) -> None:
-        self.done = True
-        self._wake_watchers()
-
-    def _wake_watchers(self) -> None:
-        if self._watchers:
-            for scope in self._watchers:
-                scope.cancel()
-
-    async def receive(self) -> Message:
-        conn = self.conn
-        core = conn.core
-        while not (self.done or conn.broken or conn.aborted):
-            if core.body_done:
-                if core.eof or core.response_complete:
-                    break
-                await self._wait_for_disconnect()
-                continue
-            if core.take_continue() and not await conn.write(CONTINUE_RESPONSE):
-                break
-            result = core.read_body()
-            if type(result) is tuple:
-                return {"type": "http.request", "body": result[0], "more_body": result[1]}
-            if result is NEED_DATA:
-                deadline = trio.current_time() + conn.config.body_timeout
-                data = await conn.read_for_app(deadline)
-                if data is None:
-                    error_log.debug("body timeout on the connection from %s", _peer(conn.client))
-                    await self._abort(408, "request body not received in time")
-                    break
-                core.receive_data(data)
-            elif result is PEER_GONE:
-                break
-            else:
-                assert isinstance(result, HTTPError)
-                error_log.debug("refused a request body from %s: %s", _peer(conn.client), result)
-                await self._abort(result.status, result.detail)
-                break
-        return {"type": "http.disconnect"}
-
-    async def _wait_for_disconnect(self) -> None:
-        """Read ahead until the client leaves or the response is complete."""
-        conn = self.conn
-        core = conn.core
-        if self._watchers is None:
-            self._watchers = []
-        with trio.CancelScope() as scope:
-            self._watchers.append(scope)
-            try:
-                while core.buffered < _READ_AHEAD_LIMIT:
-                    data = await conn.read_for_app(None)
-                    if not data or self.done or core.response_complete:
-                        core.receive_data(data or b"")
-                        return
-                    core.receive_data(data)
-                await trio.sleep_forever()
-            finally:
-                self._watchers.remove(scope)
-
-    async def _abort(self, status: int, detail: str) -> None:
-        """The server gives up on this request: answer it if the app has not, then close."""
-        conn = self.conn
-        if not conn.core.response_started:
-            await conn.write(conn.core.error_response(status, time.time(), detail))
-        conn.aborted = True
-
-    async def send(self, message: Message) -> None:
-        conn = self.conn
-        if self.done or conn.broken or conn.aborted:
-            raise ClientDisconnected("the client is gone or the response is over")
-        core = conn.core
-        if conn.ctx.drain.is_set():
-            core.keep_alive = False
-        try:
-            data = core.send(message, time.time())
-        except ASGIError as exc:
-            self.error = exc
-            raise
-        if data and not await conn.write(data):
-            raise ClientDisconnected("the client is gone")
-        if self._watchers and core.response_complete:
-            self._wake_watchers()

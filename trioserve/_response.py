@@ -12,6 +12,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Final
 
+from ._errors import TrioserveError
+
 __all__ = [
     "ASGIError",
     "ResponseHead",
@@ -22,7 +24,7 @@ __all__ = [
 ]
 
 
-class ASGIError(RuntimeError):
+class ASGIError(TrioserveError, RuntimeError):
     """The application broke the ASGI contract (bad message, order, header or length)."""
 
 
