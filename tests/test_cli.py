@@ -220,3 +220,31 @@ def test_systemd_socket_activate_with_fdnames(tmp_path: Path) -> None:
     server.signal(signal.SIGTERM)
     code, err = server.finish()
     assert code == 0, err
+
+
+def test_options_from_trioserve_environment_variables(tmp_path: Path) -> None:
+    path = str(tmp_path / "env.sock")
+    server = start_server(
+        [],
+        tmp_path,
+        env={
+            "TRIOSERVE_APP": "trioserve.demo:app",
+            "TRIOSERVE_LISTEN": f"127.0.0.1:0 unix:{path}",
+            "TRIOSERVE_SERVER_HEADER": "false",
+        },
+    )
+    assert len(server.tcp_ports) == 1
+    response = http_get(unix=path)
+    assert response.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nserver:" not in response.lower()
+    server.signal(signal.SIGTERM)
+    code, err = server.finish()
+    assert code == 0, err
+
+
+def test_version() -> None:
+    import trioserve
+
+    result = run_to_exit(["--version"])
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"trioserve, version {trioserve.__version__}"
