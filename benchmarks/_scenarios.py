@@ -4,7 +4,7 @@ Four kinds:
 - `load`: wrk against one app for a fixed time after a short warmup at the same concurrency;
   gives req/s, p50/p99 latency and the server's CPU time per request (utime+stime of the server's
   process tree over the measured run, from /proc, divided by the requests wrk counted), and how
-  much of the server's core anything else took meanwhile (from /proc/stat).
+  much of either core anything else took meanwhile (from /proc/stat).
 - `memory`: the server's RSS after a short warmup, then after a client process has opened N
   keep-alive connections that each did one request and now sit idle; (after - before) / N.
 - `startup`: from spawning the server process to the first 200 it serves, median of three.
@@ -16,6 +16,7 @@ client run pinned to the load core.
 
 from __future__ import annotations
 
+import resource
 import select
 import statistics
 import subprocess
@@ -169,18 +170,24 @@ class Bench:
                     result.note = f"machine not quiet after {QUIET_WAIT:g} s"
             if self.warmup > 0:
                 self._wrk(proc, scenario, self.warmup)
-            core = self.server_core
             cpu_before = proc.cpu_seconds()
-            busy_before = core_busy_seconds(core) if core is not None else 0.0
+            busy_before = self._cores_busy()
+            ours_before = _own_cpu_seconds()  # wrk and this harness, both on the load core
             wall_before = time.monotonic()
             wrk = self._wrk(proc, scenario, self.duration)
             cpu = proc.cpu_seconds() - cpu_before
-            busy = core_busy_seconds(core) - busy_before if core is not None else cpu
+            busy_after = self._cores_busy()
+            server_busy = busy_after[0] - busy_before[0]
+            load_busy = busy_after[1] - busy_before[1]
+            ours = _own_cpu_seconds() - ours_before
             wall = time.monotonic() - wall_before
             if proc.proc.poll() is not None:
                 result.note = f"exited with {proc.proc.returncode} during the run"
         finally:
             proc.terminate(STOP_BOUND)
+        # What anything else took from either core, in percent of one core: on the server's
+        # core it slows the server, on the load core it slows wrk; either lowers req/s.
+        other = max(server_busy - cpu, load_busy - ours, 0.0) if self.load_core is not None else 0
         result.values.update(
             rps=wrk.rps,
             requests=wrk.requests,
@@ -189,12 +196,17 @@ class Bench:
             cpu_us=cpu * 1e6 / wrk.requests if wrk.requests else 0.0,
             errors=wrk.errors,
             non_2xx=wrk.non_2xx,
-            other_pct=max(0.0, (busy - cpu) * 100 / wall),
+            other_pct=other * 100 / wall,
         )
         if result.values["other_pct"] > OTHER_LOAD_WARNING:
             result.note = "; ".join(
-                filter(None, [result.note, "server core was shared: see other load"])
+                filter(None, [result.note, "cores were shared: see other load"])
             )
+
+    def _cores_busy(self) -> tuple[float, float]:
+        if self.server_core is None or self.load_core is None:
+            return 0.0, 0.0
+        return core_busy_seconds(self.server_core), core_busy_seconds(self.load_core)
 
     def _memory(self, scenario: Scenario, server: Server, result: Measurement) -> None:
         proc = self.start(server, scenario.app)
@@ -245,6 +257,13 @@ class Bench:
         if code is None:
             result.note = f"still running {SIGTERM_BOUND:g} s after SIGTERM: killed"
             print(f"  {server.name} log:\n{proc.log_tail()}", file=sys.stderr, flush=True)
+
+
+def _own_cpu_seconds() -> float:
+    """CPU time of this process and of the children it has waited for (wrk among them)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 class IdleClient:
