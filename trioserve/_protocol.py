@@ -96,6 +96,37 @@ def _body_bytes(message: Message) -> tuple[bytes, bool]:
 class HTTPCore:
     """Protocol state of one HTTP/1.1 connection, one request at a time."""
 
+    __slots__ = (
+        "_buf",
+        "_chunked",
+        "_client",
+        "_continue",
+        "_discarded",
+        "_discarding",
+        "_eof",
+        "_framing",
+        "_head",
+        "_head_request",
+        "_http10",
+        "_length",
+        "_listener",
+        "_max_body",
+        "_max_fields",
+        "_max_head",
+        "_remaining",
+        "_response",
+        "_root_path",
+        "_root_path_b",
+        "_scanned",
+        "_server",
+        "_server_line",
+        "_state",
+        "body_bytes",
+        "body_done",
+        "keep_alive",
+        "status",
+    )
+
     def __init__(
         self,
         config: ServerConfig,
