@@ -5,7 +5,9 @@ from __future__ import annotations
 import trioserve
 
 PUBLIC = {
+    "ASGIError",
     "AppLoadError",
+    "ClientDisconnected",
     "ConfigError",
     "FdSpec",
     "InheritedFdError",
@@ -20,6 +22,7 @@ PUBLIC = {
     "TcpSpec",
     "TrioserveError",
     "UnixSpec",
+    "WorkerStartupError",
     "__version__",
     "inherited_listeners",
     "open_listeners",
@@ -41,7 +44,7 @@ def test_every_error_is_a_trioserve_error() -> None:
         if isinstance(getattr(trioserve, name), type)
         and issubclass(getattr(trioserve, name), Exception)
     ]
-    assert len(errors) == 7
+    assert len(errors) == 10
     assert all(issubclass(error, trioserve.TrioserveError) for error in errors)
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 from ._config import LifespanMode, ServerConfig
 from ._errors import (
     AppLoadError,
+    ASGIError,
+    ClientDisconnected,
     ConfigError,
     InheritedFdError,
     LifespanError,
     ListenError,
     SpecError,
     TrioserveError,
+    WorkerStartupError,
 )
 from ._listeners import Listener, inherited_listeners, open_listeners
 from ._notify import Notifier
@@ -20,7 +23,9 @@ from ._spec import FdSpec, ListenSpec, TcpSpec, UnixSpec, parse_listen
 __version__ = "0.1.0"
 
 __all__ = [
+    "ASGIError",
     "AppLoadError",
+    "ClientDisconnected",
     "ConfigError",
     "FdSpec",
     "InheritedFdError",
@@ -35,6 +40,7 @@ __all__ = [
     "TcpSpec",
     "TrioserveError",
     "UnixSpec",
+    "WorkerStartupError",
     "__version__",
     "inherited_listeners",
     "open_listeners",

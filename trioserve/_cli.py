@@ -96,6 +96,12 @@ def _parse_specs(values: tuple[str, ...]) -> list[ListenSpec]:
     help="Largest request head in bytes (431 beyond).",
 )
 @click.option(
+    "--max-header-count",
+    type=int,
+    default=_DEFAULTS.max_header_count,
+    help="Most header fields in a request (431 beyond).",
+)
+@click.option(
     "--max-body-size",
     type=int,
     default=None,
@@ -169,6 +175,7 @@ def cli(
     body_timeout: float,
     write_timeout: float,
     max_header_size: int,
+    max_header_count: int,
     max_body_size: int | None,
     limit_concurrency: int | None,
     graceful_timeout: float,
@@ -194,6 +201,7 @@ def cli(
             body_timeout=body_timeout,
             write_timeout=write_timeout,
             max_header_size=max_header_size,
+            max_header_count=max_header_count,
             max_body_size=max_body_size,
             limit_concurrency=limit_concurrency,
             root_path=root_path,

@@ -6,21 +6,30 @@
     │   └── InheritedFdError  an inherited fd is not a usable listening socket
     ├── ConfigError           a ServerConfig value is out of range
     ├── AppLoadError          the APP import path does not name a callable
-    └── LifespanError         the app's lifespan startup or shutdown failed
+    ├── LifespanError         the app's lifespan startup or shutdown failed
+    ├── WorkerStartupError    a supervised worker exited before it was ready
+    ├── ASGIError             (also a RuntimeError) the app broke the ASGI contract
+    └── ClientDisconnected    (also an OSError) send() after the client went away
 
-Every message is a single readable line: the CLI prints it as it is and exits with 2.
+The first six are raised before or around serving: each message is a single readable line,
+which the CLI prints as it is before exiting with 2. The last two reach apps: ASGIError ends
+the request with a 500 (or a cut-off response); ClientDisconnected is what ASGI spec 2.4 asks
+`send()` to raise, an OSError so that apps catching those need nothing new.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ASGIError",
     "AppLoadError",
+    "ClientDisconnected",
     "ConfigError",
     "InheritedFdError",
     "LifespanError",
     "ListenError",
     "SpecError",
     "TrioserveError",
+    "WorkerStartupError",
 ]
 
 
@@ -50,3 +59,15 @@ class AppLoadError(TrioserveError):
 
 class LifespanError(TrioserveError):
     """The application's lifespan startup or shutdown reported failure."""
+
+
+class WorkerStartupError(TrioserveError):
+    """A worker exited before it was ready during the supervisor's own startup."""
+
+
+class ASGIError(TrioserveError, RuntimeError):
+    """The application broke the ASGI contract (bad message, order, header or length)."""
+
+
+class ClientDisconnected(TrioserveError, OSError):
+    """Raised by `send()` once the response can no longer reach the client (ASGI spec 2.4)."""

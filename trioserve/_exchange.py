@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from ._asgi_types import Message
-from ._errors import TrioserveError
+from ._errors import ClientDisconnected
 from ._protocol import CONTINUE_RESPONSE, NEED_DATA, PEER_GONE, ASGIError, HTTPError
 
 if TYPE_CHECKING:
@@ -29,10 +29,6 @@ error_log: Final = logging.getLogger("trioserve.error")
 
 # Bytes read ahead (the next pipelined request) while the app waits for a disconnect.
 _READ_AHEAD_LIMIT: Final = 64 * 1024
-
-
-class ClientDisconnected(TrioserveError, OSError):
-    """Raised by `send()` once the response can no longer reach the client (ASGI spec 2.4)."""
 
 
 def peer_name(client: tuple[str, int] | None) -> str:

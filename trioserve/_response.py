@@ -12,7 +12,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Final
 
-from ._errors import TrioserveError
+from ._errors import ASGIError
 
 __all__ = [
     "ASGIError",
@@ -22,10 +22,6 @@ __all__ = [
     "parse_response_headers",
     "status_line",
 ]
-
-
-class ASGIError(TrioserveError, RuntimeError):
-    """The application broke the ASGI contract (bad message, order, header or length)."""
 
 
 # RFC 9110 15 class names, for codes HTTPStatus does not know: a reason phrase is never empty,

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import trio
 
-from ._errors import TrioserveError
+from ._errors import TrioserveError, WorkerStartupError
 from ._listeners import Listener
 from ._notify import Notifier
 
@@ -56,10 +56,6 @@ _RELOAD_DEBOUNCE_MS = 400
 _RELOAD_POLL_MS = 250
 # Beyond the graceful timeout, how long a draining worker gets before SIGKILL.
 _KILL_MARGIN = 5.0
-
-
-class WorkerStartupError(TrioserveError):
-    """A worker exited before it was ready during the supervisor's own startup."""
 
 
 @dataclass(eq=False)
