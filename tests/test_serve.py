@@ -14,7 +14,7 @@ import trio.testing
 
 from trioserve import LifespanError, ServerConfig
 from trioserve._asgi_types import ASGIReceive, ASGISend, Scope
-from trioserve._listeners import Listener
+from trioserve._listeners import Listener, open_listeners
 from trioserve._notify import Notifier
 from trioserve._serve import serve
 
@@ -327,3 +327,23 @@ async def test_scope_addresses_for_tcp_and_unix(nursery: trio.Nursery, tmp_path:
     server, client, info = eval((await read_response(unix)).partition(b"\r\n\r\n")[2])
     await unix.aclose()
     assert (server, client, info["kind"]) == ((path, None), None, "unix")
+
+
+async def test_a_callers_listener_is_left_open_and_keeps_its_queue() -> None:
+    (listener,) = await open_listeners(["127.0.0.1:0"])
+    port = port_of(listener)
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve, hello, [listener])
+                nursery.cancel_scope.cancel()
+            # Between two servers: the connection waits in the kernel's queue, not refused.
+            waiting = await connect(port)
+            await waiting.send_all(b"GET /queued HTTP/1.1\r\nHost: x\r\n\r\n")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve, hello, [listener])
+                assert (await read_response(waiting)).endswith(b"hello /queued")
+                await waiting.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        listener.close()

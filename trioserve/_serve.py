@@ -75,7 +75,7 @@ async def serve(
         (given if isinstance(item, Listener) else specs).append(item)  # type: ignore[arg-type]
     owned = await open_listeners(specs) if specs else []
     try:
-        server = _Server(app, given + owned, config, notifier or Notifier(None), force_stop)
+        server = _Server(app, given + owned, owned, config, notifier or Notifier(None), force_stop)
         await server.run(task_status)
     finally:
         for listener in owned:
@@ -87,11 +87,13 @@ class _Server:
         self,
         app: ASGIApp,
         listeners: list[Listener],
+        owned: list[Listener],
         config: ServerConfig,
         notifier: Notifier,
         force_stop: trio.Event | None,
     ) -> None:
         self.listeners = listeners
+        self.owned = owned
         self.config = config
         self.notifier = notifier
         self.force_stop = force_stop
@@ -194,11 +196,13 @@ class _Server:
     async def _drain(self) -> None:
         """Stop accepting, let connections finish within the graceful timeout, cut off the rest."""
         self.ctx.drain.set()
-        for listener in self.listeners:
+        for listener in self.owned:
             if listener.kind == "connection":
                 continue  # an Accept=yes connection: its own stream closes it when done
-            # Our copy only: an inherited socket stays open in the process that handed it over,
-            # and connections queued in its backlog wait there for the next server.
+            # Closing refuses new connections to a socket we bound. Of an inherited socket it
+            # closes our copy only: the process that handed it over keeps it open, and what
+            # arrives waits in its backlog for the next server. A caller's own Listeners are
+            # not closed at all: nothing accepts on them any more, and they keep their queue.
             listener.close()
         timeout = self.config.graceful_timeout
         log.info("draining %d connection(s), up to %g s", self.open_connections, timeout)
