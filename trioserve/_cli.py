@@ -126,6 +126,19 @@ def _parse_specs(values: tuple[str, ...]) -> list[ListenSpec]:
 )
 @click.option("--access-log/--no-access-log", default=True, help="Log one line per request.")
 @click.option(
+    "--proxy-headers/--no-proxy-headers",
+    default=_DEFAULTS.proxy_headers,
+    help="Take the client, scheme and host from Forwarded / X-Forwarded-* headers sent by a "
+    "peer in --forwarded-allow-ips. See docs/proxy.md.",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default=",".join(_DEFAULTS.forwarded_allow_ips),
+    metavar="LIST",
+    help="Comma-separated IPs, CIDRs, 'unix' (peers on unix sockets) or '*' trusted to send "
+    "proxy headers.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
@@ -181,6 +194,8 @@ def cli(
     graceful_timeout: float,
     server_header: bool,
     access_log: bool,
+    proxy_headers: bool,
+    forwarded_allow_ips: str,
     workers: int | None,
     reload: bool,
     reload_dirs: tuple[str, ...],
@@ -210,6 +225,8 @@ def cli(
             graceful_timeout=graceful_timeout,
             access_log=access_log,
             max_requests=max_requests,
+            proxy_headers=proxy_headers,
+            forwarded_allow_ips=tuple(forwarded_allow_ips.split(",")),
         )
         if workers is None and not reload:
             asgi_app = load_app(app, factory=factory, app_dir=app_dir)

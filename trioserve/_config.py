@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ._errors import ConfigError
+from ._proxy import TrustedPeers
 
 __all__ = ["LifespanMode", "ServerConfig"]
 
@@ -52,8 +53,23 @@ class ServerConfig:
     # many requests asks to be replaced (sd_notify TRIOSERVE_RECYCLE=1), which the supervisor
     # does without dropping a connection: a bound on slow leaks in long-running apps.
     max_requests: int | None = None
+    # Off: the client, scheme and host are the socket's. On: Forwarded / X-Forwarded-* from a
+    # peer in forwarded_allow_ips set them (docs/proxy.md).
+    proxy_headers: bool = False
+    # Loopback and unix peers: a proxy on this host (nginx over a unix socket is the usual
+    # deployment with socket activation). A unix socket's peers are local processes that the
+    # file mode let in, the same trust as loopback. uvicorn's default is 127.0.0.1 alone; ::1
+    # is the same host, so leaving it out only breaks v6 setups. Parsed once, below.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1", "unix")
+    trusted_peers: TrustedPeers = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        allow: object = self.forwarded_allow_ips
+        # Also "a,b,c" (as on the command line) or a list; stored as a tuple of stripped items.
+        items = allow.split(",") if isinstance(allow, str) else self.forwarded_allow_ips
+        items = tuple(item.strip() for item in items if item.strip())
+        object.__setattr__(self, "forwarded_allow_ips", items)
+        object.__setattr__(self, "trusted_peers", TrustedPeers.parse(self.forwarded_allow_ips))
         for name in ("keep_alive_timeout", "header_timeout", "body_timeout", "write_timeout"):
             value = getattr(self, name)
             if not (value > 0 and not math.isnan(value)):

@@ -451,7 +451,8 @@ class _Connection:
             request = f"{scope['method']} {_target(scope)} HTTP/{scope['http_version']}"
         access_log.info(
             '%s - "%s" %d %d %.1fms',
-            peer_name(self.client),
+            # The scope's client: the one --proxy-headers believed, if any.
+            peer_name(self.client if scope is None else scope["client"]),
             request,
             core.status,
             core.body_bytes,

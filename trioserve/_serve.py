@@ -32,6 +32,7 @@ from ._errors import LifespanError
 from ._lifespan import Lifespan
 from ._listeners import Listener, default_listen_specs, open_listeners
 from ._notify import Notifier
+from ._proxy import proxy_headers_app
 from ._spec import ListenSpec
 
 __all__ = ["serve"]
@@ -100,6 +101,9 @@ class _Server:
         self.state: dict[str, Any] = {}
         if config.max_requests is not None:
             app = self._count_requests(app, config.max_requests)
+        if config.proxy_headers:
+            # Only when on: the usual request path does not even look at the headers.
+            app = proxy_headers_app(app, config.trusted_peers)
         self.ctx = ConnectionContext(app=app, config=config, state=self.state, drain=trio.Event())
         self.open_connections = 0
         self.connections_done = trio.Event()
