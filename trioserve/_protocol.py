@@ -78,6 +78,11 @@ CONTINUE_RESPONSE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 # lingering_close makes the same trade).
 DISCARD_LIMIT: Final = 64 * 1024
 
+# What a request can start with: a method's token byte, or CR/LF of an empty line before it.
+_HEAD_START: Final = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789\r\n" + bytes(range(65, 91)) + bytes(range(97, 123))
+)
+
 # Response states.
 _NONE, _STARTED, _SENDING, _COMPLETE = range(4)
 # Response framings.
@@ -212,9 +217,16 @@ class HTTPCore:
             if end < 0:
                 if len(buf) > self._max_head:
                     return self._reject(431, "request head too large")
-                if buf.count(b"\n") != buf.count(b"\r\n"):
+                crlf = buf.count(b"\r\n")
+                if buf.count(b"\n") != crlf:
                     # A bare LF would otherwise leave us waiting for a CRLFCRLF never sent.
                     return self._reject(400, "bare LF in the head")
+                if buf.count(b"\r") != crlf + (buf[-1] == 0x0D):
+                    # So would a bare CR (a trailing CR may be half of a CRLF still to come).
+                    return self._reject(400, "bare CR in the head")
+                if buf[0] not in _HEAD_START:
+                    # Not HTTP/1 at all (a TLS handshake, binary junk): no need to wait.
+                    return self._reject(400, "not an HTTP/1 request")
                 if self._eof:
                     return CLOSED
                 self._scanned = max(0, len(buf) - 3)
