@@ -64,6 +64,7 @@ async def test_tcp_listener_on_loopback_accepts_and_describes_itself() -> None:
             "fd": None,
             "inherited": False,
             "v6only": None,
+            "tls": False,
         }
         sock = listener.socket
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)

@@ -78,7 +78,7 @@ BAD: list[tuple[str, str]] = [
     ("[::1]:80?v6only", "option v6only needs a value (0 or 1)"),
     ("[::1]:80?v6only=", "option v6only needs a value (0 or 1)"),
     ("[::1]:80?v6only=0&v6only=1", "option v6only is given twice"),
-    ("[::1]:80?reuseport=1", "unknown option 'reuseport' (options for tcp: v6only, backlog)"),
+    ("[::1]:80?reuseport=1", "unknown option 'reuseport' (options for tcp: v6only, backlog, tls)"),
     ("[::1]:80?backlog=0", "backlog=0 must be a whole number from 1 to 65535"),
     ("[::1]:80?backlog=65536", "backlog=65536 must be a whole number from 1 to 65535"),
     ("unix:", "missing path after unix:"),
@@ -90,7 +90,10 @@ BAD: list[tuple[str, str]] = [
     ("unix:/x?mode=0o660", "mode=0o660 must be octal permission bits such as 0660 (at most 0777)"),
     ("unix:/x?mode=4755", "mode=4755 must be octal permission bits such as 0660 (at most 0777)"),
     ("unix:/x?owner=a%20b", "owner=a%20b must be a user or group name or a numeric id"),
-    ("unix:/x?user=root", "unknown option 'user' (options for unix: backlog, mode, owner, group)"),
+    (
+        "unix:/x?user=root",
+        "unknown option 'user' (options for unix: backlog, mode, owner, group, tls)",
+    ),
     ("unix:@x?mode=0600", "option mode does not apply to an abstract socket (it has no file)"),
     ("unix:@x?group=www", "option group does not apply to an abstract socket (it has no file)"),
     ("fd:", "missing fd number or name after fd:"),
@@ -100,7 +103,7 @@ BAD: list[tuple[str, str]] = [
     ("fd:a:b", "an fd name is 1 to 255 printable characters without ':'"),
     ("fd:3?backlog=1", "option backlog does not apply to fd: (inherited sockets are used as they"),
     ("fd:http?v6only=1", "option v6only does not apply to fd:"),
-    ("fd:*?x=1", "unknown option 'x' (options for fd: none)"),
+    ("fd:*?x=1", "unknown option 'x' (options for fd: tls)"),
 ]
 
 

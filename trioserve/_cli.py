@@ -20,13 +20,14 @@ import trio
 from . import __version__
 from ._asgi_types import ASGIApp
 from ._config import ServerConfig
-from ._errors import TrioserveError
+from ._errors import ConfigError, TrioserveError
 from ._importer import check_app_path, load_app
 from ._listeners import default_listen_specs, open_listeners
 from ._notify import Notifier
 from ._serve import serve
 from ._spec import ListenSpec, parse_listen
 from ._supervisor import Supervisor
+from ._tls import TLSContext
 
 __all__ = ["main"]
 
@@ -139,6 +140,37 @@ def _parse_specs(values: tuple[str, ...]) -> list[ListenSpec]:
     "proxy headers.",
 )
 @click.option(
+    "--certfile",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PEM certificate chain for the listeners marked ?tls=1 (reloaded on SIGHUP). See "
+    "docs/tls.md.",
+)
+@click.option(
+    "--keyfile",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PEM private key, if not in --certfile.",
+)
+@click.option(
+    "--ca-certs",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PEM CA certificates that client certificates must chain to.",
+)
+@click.option(
+    "--tls-client-cert",
+    type=click.Choice(["none", "optional", "required"]),
+    default=_DEFAULTS.tls_client_cert,
+    help="Ask TLS clients for a certificate (needs --ca-certs).",
+)
+@click.option(
+    "--tls-handshake-timeout",
+    type=float,
+    default=_DEFAULTS.tls_handshake_timeout,
+    help="Seconds a TLS client has to complete the handshake.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
@@ -196,6 +228,11 @@ def cli(
     access_log: bool,
     proxy_headers: bool,
     forwarded_allow_ips: str,
+    certfile: str | None,
+    keyfile: str | None,
+    ca_certs: str | None,
+    tls_client_cert: Any,
+    tls_handshake_timeout: float,
     workers: int | None,
     reload: bool,
     reload_dirs: tuple[str, ...],
@@ -227,11 +264,20 @@ def cli(
             max_requests=max_requests,
             proxy_headers=proxy_headers,
             forwarded_allow_ips=tuple(forwarded_allow_ips.split(",")),
+            certfile=certfile,
+            keyfile=keyfile,
+            ca_certs=ca_certs,
+            tls_client_cert=tls_client_cert,
+            tls_handshake_timeout=tls_handshake_timeout,
         )
+        # Loaded before anything listens: a missing or bad certificate is one line, exit 2.
+        tls = TLSContext(config) if any(spec.tls for spec in specs) else None
         if workers is None and not reload:
             asgi_app = load_app(app, factory=factory, app_dir=app_dir)
-            code = trio.run(_run, _Single(asgi_app, specs or None, config))
+            code = trio.run(_run, _Single(asgi_app, specs or None, config, tls))
         else:
+            if tls is not None:
+                raise ConfigError("tls=1 listeners do not work with --workers or --reload yet")
             check_app_path(app, app_dir=app_dir)
             supervised = _Supervised(
                 command=_worker_command(click.get_current_context()),
@@ -253,7 +299,8 @@ def cli(
 class _Runner(Protocol):
     async def run(self, notifier: Notifier, force_stop: trio.Event) -> None: ...
 
-    def restart(self) -> bool: ...
+    def restart(self) -> str | None:
+        """Act on SIGHUP; say what was done, or None if there is nothing to do."""
 
 
 @dataclass
@@ -263,14 +310,26 @@ class _Single:
     app: ASGIApp
     specs: list[ListenSpec] | None
     config: ServerConfig
+    tls: TLSContext | None = None
 
     async def run(self, notifier: Notifier, force_stop: trio.Event) -> None:
         await serve(
-            self.app, self.specs, config=self.config, notifier=notifier, force_stop=force_stop
+            self.app,
+            self.specs,
+            config=self.config,
+            notifier=notifier,
+            force_stop=force_stop,
+            tls=self.tls,
         )
 
-    def restart(self) -> bool:
-        return False
+    def restart(self) -> str | None:
+        if self.tls is None:
+            return None
+        try:
+            self.tls.reload()
+        except ConfigError as exc:
+            return f"keeping the TLS certificates in use: {exc}"
+        return "reloaded the TLS certificates (new connections use them)"
 
 
 @dataclass
@@ -308,11 +367,11 @@ class _Supervised:
             for listener in listeners:
                 listener.close()
 
-    def restart(self) -> bool:
+    def restart(self) -> str | None:
         if self.supervisor is None:
-            return False
+            return None
         self.supervisor.restart()
-        return True
+        return "rolling restart"
 
 
 async def _run(runner: _Runner) -> int:
@@ -339,10 +398,14 @@ async def _run(runner: _Runner) -> int:
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if signum == signal.SIGHUP:
-                        if runner.restart():
-                            log.info("SIGHUP: rolling restart")
+                        done = runner.restart()
+                        if done is not None:
+                            log.info("SIGHUP: %s", done)
                         else:
-                            log.warning("SIGHUP ignored: no workers to restart (see --workers)")
+                            log.warning(
+                                "SIGHUP ignored: no workers to restart (see --workers) and "
+                                "no TLS certificates to reload"
+                            )
                     elif not scope.cancel_called:
                         log.info("%s: draining (send it again to stop at once)", name)
                         scope.cancel()

@@ -14,9 +14,10 @@ from typing import Literal
 from ._errors import ConfigError
 from ._proxy import TrustedPeers
 
-__all__ = ["LifespanMode", "ServerConfig"]
+__all__ = ["ClientCertMode", "LifespanMode", "ServerConfig"]
 
 LifespanMode = Literal["auto", "on", "off"]
+ClientCertMode = Literal["none", "optional", "required"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +63,15 @@ class ServerConfig:
     # is the same host, so leaving it out only breaks v6 setups. Parsed once, below.
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1", "unix")
     trusted_peers: TrustedPeers = field(init=False, repr=False, compare=False)
+    # TLS for the listeners marked ?tls=1 (docs/tls.md). Paths only: the files are read when
+    # serving starts and again on reload, never here.
+    certfile: str | None = None
+    keyfile: str | None = None  # None: the key is in certfile
+    ca_certs: str | None = None  # CAs that sign client certificates
+    tls_client_cert: ClientCertMode = "none"
+    # 10 s for the whole handshake, like header_timeout for a head: a handshake is two round
+    # trips, and an unbounded one is slowloris before the request. (nginx allows 60 s.)
+    tls_handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         allow: object = self.forwarded_allow_ips
@@ -70,7 +80,13 @@ class ServerConfig:
         items = tuple(item.strip() for item in items if item.strip())
         object.__setattr__(self, "forwarded_allow_ips", items)
         object.__setattr__(self, "trusted_peers", TrustedPeers.parse(self.forwarded_allow_ips))
-        for name in ("keep_alive_timeout", "header_timeout", "body_timeout", "write_timeout"):
+        for name in (
+            "keep_alive_timeout",
+            "header_timeout",
+            "body_timeout",
+            "write_timeout",
+            "tls_handshake_timeout",
+        ):
             value = getattr(self, name)
             if not (value > 0 and not math.isnan(value)):
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
@@ -100,6 +116,15 @@ class ServerConfig:
             raise ConfigError(
                 f"server_header has characters a header cannot carry: {self.server_header!r}"
             )
+
+        if self.tls_client_cert not in ("none", "optional", "required"):
+            raise ConfigError(
+                f"tls_client_cert must be none, optional or required, not {self.tls_client_cert!r}"
+            )
+        if self.keyfile is not None and self.certfile is None:
+            raise ConfigError("keyfile is set but certfile is not")
+        if self.tls_client_cert != "none" and self.ca_certs is None:
+            raise ConfigError(f"tls_client_cert={self.tls_client_cert} needs ca_certs")
 
     def replace(self, **changes: object) -> ServerConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

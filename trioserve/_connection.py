@@ -69,8 +69,12 @@ async def serve_connection(
     client: tuple[str, int] | None,
     server: tuple[str, int | None] | None,
     listener: dict[str, object] | None = None,
+    tls: dict[str, object] | None = None,
 ) -> None:
     """Serve HTTP/1.1 requests on `stream` until either side is done, then close it.
+
+    `tls` (the ASGI TLS extension) marks a connection relayed from a TLS client: its scheme
+    is https (see _tls.py; the stream itself is always a plain socket).
 
     Never raises for what a peer or an app does: those are answered, logged and closed.
     Cancellation propagates (after the stream is closed).
@@ -85,7 +89,7 @@ async def serve_connection(
         return
     try:
         raw.setblocking(False)
-        await _Connection(stream, raw, ctx, client, server, listener).run()
+        await _Connection(stream, raw, ctx, client, server, listener, tls).run()
     except Exception:
         # Our own bug: lose this connection, not the server.
         error_log.exception("internal error on the connection from %s", peer_name(client))
@@ -157,6 +161,7 @@ class _Connection:
         client: tuple[str, int] | None,
         server: tuple[str, int | None] | None,
         listener: dict[str, object] | None,
+        tls: dict[str, object] | None = None,
     ) -> None:
         self.stream = stream
         self.raw = raw
@@ -166,7 +171,7 @@ class _Connection:
         self.config = ctx.config
         self.client = client
         self.core = HTTPCore(
-            ctx.config, client=client, server=server, state=ctx.state, listener=listener
+            ctx.config, client=client, server=server, state=ctx.state, listener=listener, tls=tls
         )
         self.broken = False  # the write side is gone: nothing more can reach the client
         self.aborted = False  # we answered for the app (408, 413, bad body): it is cut off

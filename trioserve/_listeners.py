@@ -98,6 +98,8 @@ class Listener:
         self._path_id = path_id
         self._closed = False
         self._trio_listener: trio.SocketListener | None = None
+        # Serve TLS on it (the spec's ?tls=1); set by open_listeners, or by a caller.
+        self.tls = False
 
     @property
     def owns_path(self) -> bool:
@@ -118,7 +120,7 @@ class Listener:
             notes.append(f"owner {self.owner}")
         if self.group is not None:
             notes.append(f"group {self.group}")
-        line = _url(self.family, self.address)
+        line = _url(self.family, self.address, self.tls)
         if notes:
             line += f" ({', '.join(notes)})"
         if self.fd is not None:
@@ -138,6 +140,7 @@ class Listener:
             "fd": self.fd,
             "inherited": self.inherited,
             "v6only": self.v6only,
+            "tls": self.tls,
         }
 
     def trio_listener(self) -> trio.SocketListener:
@@ -167,11 +170,16 @@ class Listener:
         self.socket.close()
 
 
-def _url(family: int, address: tuple[str, int] | str) -> str:
+def _url(family: int, address: tuple[str, int] | str, tls: bool = False) -> str:
     if isinstance(address, str):
-        return f"unix:{address or '(unnamed)'}"
+        return f"unix:{address or '(unnamed)'}" + (" (TLS)" if tls else "")
     host, port = address
-    return f"http://[{host}]:{port}" if family == _socket.AF_INET6 else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return (
+        f"{scheme}://[{host}]:{port}"
+        if family == _socket.AF_INET6
+        else f"{scheme}://{host}:{port}"
+    )
 
 
 # ---- opening -----------------------------------------------------------------------------------
@@ -217,6 +225,9 @@ async def open_listeners(
         for listener in opened:
             listener.close()
         raise
+    for spec, group in zip(parsed, groups, strict=True):
+        for listener in group:
+            listener.tls = spec.tls
     if adopted and activation is not None and activation.status == "ours" and environ is None:
         unset_listen_environment()
     return [listener for group in groups for listener in group]

@@ -126,6 +126,7 @@ class HTTPCore:
         "_server",
         "_server_line",
         "_state",
+        "_tls",
         "body_bytes",
         "body_done",
         "keep_alive",
@@ -140,6 +141,7 @@ class HTTPCore:
         server: tuple[str, int | None] | None,
         state: dict[str, Any],
         listener: dict[str, object] | None = None,
+        tls: dict[str, object] | None = None,
     ) -> None:
         self._max_head = config.max_header_size
         self._max_fields = config.max_header_count
@@ -155,6 +157,7 @@ class HTTPCore:
         self._server = server
         self._state = state
         self._listener = listener
+        self._tls = tls  # the ASGI TLS extension, on a TLS connection
         self._buf = b""
         self._scanned = 0
         self._eof = False
@@ -282,7 +285,7 @@ class HTTPCore:
             "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": request.http_version,
             "method": method,
-            "scheme": "http",
+            "scheme": "http" if self._tls is None else "https",
             "path": path,
             "raw_path": raw_path,
             "query_string": request.query,
@@ -291,8 +294,18 @@ class HTTPCore:
             "client": self._client,
             "server": self._server,
             "state": self._state.copy(),
-            "extensions": {"trioserve.listener": self._listener} if self._listener else {},
+            "extensions": self._tls_extensions()
+            if self._tls is not None
+            else {"trioserve.listener": self._listener}
+            if self._listener
+            else {},
         }
+
+    def _tls_extensions(self) -> dict[str, Any]:
+        extensions: dict[str, Any] = {"tls": self._tls}
+        if self._listener:
+            extensions["trioserve.listener"] = self._listener
+        return extensions
 
     def _reject(self, status: int, detail: str) -> HTTPError:
         self.keep_alive = False

@@ -29,11 +29,13 @@ from ._asgi_types import ASGIApp, ASGIReceive, ASGISend, Scope
 from ._config import ServerConfig
 from ._connection import ConnectionContext, serve_connection
 from ._errors import LifespanError
+from ._exchange import peer_name
 from ._lifespan import Lifespan
 from ._listeners import Listener, default_listen_specs, open_listeners
 from ._notify import Notifier
 from ._proxy import proxy_headers_app
-from ._spec import ListenSpec
+from ._spec import ListenSpec, parse_listen
+from ._tls import TLSContext, handshake_error, relay, tls_extension
 
 __all__ = ["serve"]
 
@@ -59,6 +61,7 @@ async def serve(
     config: ServerConfig | None = None,
     notifier: Notifier | None = None,
     force_stop: trio.Event | None = None,
+    tls: TLSContext | None = None,
     task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on `listeners` until cancelled, then drain.
@@ -67,16 +70,24 @@ async def serve(
     strings or values (opened here and closed on the way out). None means the default: every
     socket-activated fd, else 127.0.0.1:8000. `task_status.started()` reports every Listener once
     all accept loops run and lifespan startup is done. `notifier` (off by default, the CLI turns
-    it on) sends sd_notify messages. Setting `force_stop` ends a drain at once.
+    it on) sends sd_notify messages. Setting `force_stop` ends a drain at once. Listeners with
+    `tls` set serve TLS with `tls`, or if None with a TLSContext built here from `config`
+    (pass your own to `reload()` it, as the CLI does on SIGHUP).
     """
     config = ServerConfig() if config is None else config
     given: list[Listener] = []
     specs: list[str | ListenSpec] = []
     for item in default_listen_specs() if listeners is None else listeners:
         (given if isinstance(item, Listener) else specs).append(item)  # type: ignore[arg-type]
+    if tls is None and any(
+        item.tls for item in given + [parse_listen(s) if isinstance(s, str) else s for s in specs]
+    ):
+        tls = TLSContext(config)  # before opening anything: a bad certificate fails first
     owned = await open_listeners(specs) if specs else []
     try:
-        server = _Server(app, given + owned, owned, config, notifier or Notifier(None), force_stop)
+        server = _Server(
+            app, given + owned, owned, config, notifier or Notifier(None), force_stop, tls
+        )
         await server.run(task_status)
     finally:
         for listener in owned:
@@ -92,8 +103,10 @@ class _Server:
         config: ServerConfig,
         notifier: Notifier,
         force_stop: trio.Event | None,
+        tls: TLSContext | None = None,
     ) -> None:
         self.listeners = listeners
+        self.tls = tls
         self.owned = owned
         self.config = config
         self.notifier = notifier
@@ -266,13 +279,16 @@ class _Server:
         listener: Listener,
     ) -> None:
         try:
-            await serve_connection(
-                trio.SocketStream(sock),
-                self.ctx,
-                client=client,
-                server=server,
-                listener=listener.info(),
-            )
+            if listener.tls and self.tls is not None:
+                await self._tls_connection(sock, client, server, listener, self.tls)
+            else:
+                await serve_connection(
+                    trio.SocketStream(sock),
+                    self.ctx,
+                    client=client,
+                    server=server,
+                    listener=listener.info(),
+                )
         except Exception:
             # serve_connection answers for peers and apps; this is our own bug. One connection
             # is lost, the server stays up.
@@ -281,6 +297,50 @@ class _Server:
             self.open_connections -= 1
             if self.open_connections == 0 and (self.ctx.drain.is_set() or self.only_connections):
                 self.connections_done.set()
+
+    async def _tls_connection(
+        self,
+        sock: trio.socket.SocketType,
+        client: tuple[str, int] | None,
+        server: tuple[str, int | None] | None,
+        listener: Listener,
+        tls: TLSContext,
+    ) -> None:
+        """Handshake within its timeout, then serve the engine over a relay (see _tls.py)."""
+        stream, loaded = tls.wrap(trio.SocketStream(sock))
+        failure = None
+        with trio.move_on_after(self.config.tls_handshake_timeout) as scope:
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                failure = handshake_error(exc)
+        if scope.cancelled_caught:
+            failure = f"no handshake in {self.config.tls_handshake_timeout:g} s"
+        if failure is not None:
+            # A peer problem (a scanner, a client that distrusts our certificate, one without
+            # a required certificate): one line, and the server carries on.
+            log.info(
+                "TLS handshake from %s on %s failed: %s", peer_name(client), listener, failure
+            )
+            await trio.aclose_forcefully(stream)
+            return
+        extension = tls_extension(stream, loaded)
+        engine_side, relay_side = socket.socketpair()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(relay, stream, relay_side, self.config.write_timeout)
+                await serve_connection(
+                    trio.SocketStream(trio.socket.from_stdlib_socket(engine_side)),
+                    self.ctx,
+                    client=client,
+                    server=server,
+                    listener=listener.info(),
+                    tls=extension,
+                )
+        finally:
+            engine_side.close()
+            relay_side.close()
+            await trio.aclose_forcefully(stream)
 
     async def _accept_loop(self, listener: Listener, nursery: trio.Nursery) -> None:
         """Accept every queued connection before yielding, then wait for the socket to be readable.

@@ -54,6 +54,7 @@ class TcpSpec:
     port: int
     v6only: bool | None = None  # None: IPv6 sockets are IPv6-only, as in trio and nginx
     backlog: int | None = None
+    tls: bool = False
 
     def __str__(self) -> str:
         if self.host is None:
@@ -62,7 +63,7 @@ class TcpSpec:
             address = f"[{self.host}]:{self.port}"
         else:
             address = f"{self.host}:{self.port}"
-        return address + _query(v6only=self.v6only, backlog=self.backlog)
+        return address + _query(v6only=self.v6only, backlog=self.backlog, tls=self.tls or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class UnixSpec:
     owner: str | None = None
     group: str | None = None
     backlog: int | None = None
+    tls: bool = False
 
     @property
     def abstract(self) -> bool:
@@ -81,7 +83,11 @@ class UnixSpec:
 
     def __str__(self) -> str:
         return f"unix:{self.path}" + _query(
-            mode=self.mode, owner=self.owner, group=self.group, backlog=self.backlog
+            mode=self.mode,
+            owner=self.owner,
+            group=self.group,
+            backlog=self.backlog,
+            tls=self.tls or None,
         )
 
 
@@ -91,6 +97,7 @@ class FdSpec:
 
     fd: int | None = None
     name: str | None = None
+    tls: bool = False
 
     def __post_init__(self) -> None:
         if self.fd is not None and self.name is not None:
@@ -101,9 +108,10 @@ class FdSpec:
         return self.fd is None and self.name is None
 
     def __str__(self) -> str:
+        query = "?tls=1" if self.tls else ""
         if self.fd is not None:
-            return f"fd:{self.fd}"
-        return f"fd:{self.name if self.name is not None else '*'}"
+            return f"fd:{self.fd}{query}"
+        return f"fd:{self.name if self.name is not None else '*'}{query}"
 
 
 ListenSpec: TypeAlias = TcpSpec | UnixSpec | FdSpec
@@ -206,6 +214,15 @@ OPTIONS: tuple[Option, ...] = (
         "our group",
         "Group of the socket file, set before the socket listens.",
         _parse_account,
+    ),
+    Option(
+        "tls",
+        ("tcp", "unix", "fd"),
+        "`0` or `1`",
+        "`0`",
+        "`1`: serve HTTPS on this socket with `--certfile`/`--keyfile` (see [TLS](tls.md)); "
+        "the other sockets stay plain.",
+        _parse_bool,
     ),
 )
 _OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
@@ -364,7 +381,13 @@ def _parse_tcp(address: str, options: dict[str, object]) -> TcpSpec:
         raise _Bad(f"option v6only does not apply to the IPv4 address {host}")
     if v6only is not False and host is not None and _is_v4_mapped(host):
         raise _Bad(f"the IPv4-mapped address {host} takes IPv4 traffic, so it needs ?v6only=0")
-    return TcpSpec(host, port, v6only=_opt_bool(v6only), backlog=_opt_int(options.get("backlog")))
+    return TcpSpec(
+        host,
+        port,
+        v6only=_opt_bool(v6only),
+        backlog=_opt_int(options.get("backlog")),
+        tls=options.get("tls") is True,
+    )
 
 
 def _parse_unix(path: str, options: dict[str, object]) -> UnixSpec:
@@ -386,24 +409,27 @@ def _parse_unix(path: str, options: dict[str, object]) -> UnixSpec:
         owner=_opt_str(options.get("owner")),
         group=_opt_str(options.get("group")),
         backlog=_opt_int(options.get("backlog")),
+        tls=options.get("tls") is True,
     )
 
 
 def _parse_fd(text: str, options: dict[str, object]) -> FdSpec:
-    del options  # _parse_options already refused every option for fd:
+    # _parse_options already refused every option but tls for fd: (socket options are
+    # systemd's to set); TLS is ours, so it is the one that applies.
+    tls = options.get("tls") is True
     if not text:
         raise _Bad("missing fd number or name after fd:")
     if text == "*":
-        return FdSpec()
+        return FdSpec(tls=tls)
     if re.fullmatch(r"-?[0-9]+", text):
         if text.startswith("-"):
             raise _Bad(f"fd {text} is negative")
         if len(text) > 9:
             raise _Bad(f"fd {text} is too large")
-        return FdSpec(fd=int(text))
+        return FdSpec(fd=int(text), tls=tls)
     if not _FDNAME.fullmatch(text):
         raise _Bad("an fd name is 1 to 255 printable characters without ':'")
-    return FdSpec(name=text)
+    return FdSpec(name=text, tls=tls)
 
 
 _ADDRESS_PARSERS: dict[Kind, Callable[[str, dict[str, object]], ListenSpec]] = {
