@@ -5,7 +5,8 @@ Runs in the peers' virtual environment, which has matplotlib (run.py calls it th
     .venv-peers/bin/python chart.py RESULTS.json OUT.png
 
 Each panel shows one metric for every server measured in that scenario; trioserve's bar is
-drawn in a different colour, and each peer's bar is labelled with trioserve's ratio to it.
+drawn in a different colour, each peer's bar is labelled with trioserve's ratio to it, and a
+load run that shared a core with other work (see run.py's "other load") is hatched.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _METRIC = {
     "sigterm": ("seconds", "seconds from SIGTERM to exit", False),
 }
 _SUBJECT = "trioserve"
+_SHARED = 5.0  # other load (percent of a core) above which run.py flags a load run
 
 
 def draw(data: dict[str, Any], out: Path) -> None:
@@ -58,7 +60,10 @@ def draw(data: dict[str, Any], out: Path) -> None:
             elif ours is not None and m["server"] != _SUBJECT and value:
                 text += f"  (trioserve {ours / value:.2f}x)"
             if m["values"].get("exit_code", 0) < 0:
-                text += "  (exit by signal)"
+                text += "  (signal)"
+            if m["values"].get("other_pct", 0) > _SHARED:
+                bar.set_hatch("///")
+                text += "  (shared core)"
             ax.text(
                 bar.get_width(),
                 bar.get_y() + bar.get_height() / 2,
