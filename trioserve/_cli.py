@@ -171,6 +171,17 @@ def _parse_specs(values: tuple[str, ...]) -> list[ListenSpec]:
     help="Seconds a TLS client has to complete the handshake.",
 )
 @click.option(
+    "--websocket-max-message-size",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.websocket_max_message_size,
+    help="Largest WebSocket message in bytes; beyond it the connection closes with 1009.",
+)
+@click.option(
+    "--websocket-per-message-deflate/--no-websocket-per-message-deflate",
+    default=_DEFAULTS.websocket_per_message_deflate,
+    help="Compress WebSocket messages (permessage-deflate) when the client offers it.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
@@ -233,6 +244,8 @@ def cli(
     ca_certs: str | None,
     tls_client_cert: Any,
     tls_handshake_timeout: float,
+    websocket_max_message_size: int,
+    websocket_per_message_deflate: bool,
     workers: int | None,
     reload: bool,
     reload_dirs: tuple[str, ...],
@@ -269,6 +282,8 @@ def cli(
             ca_certs=ca_certs,
             tls_client_cert=tls_client_cert,
             tls_handshake_timeout=tls_handshake_timeout,
+            websocket_max_message_size=websocket_max_message_size,
+            websocket_per_message_deflate=websocket_per_message_deflate,
         )
         # Loaded before anything listens: a missing or bad certificate is one line, exit 2.
         tls = TLSContext(config) if any(spec.tls for spec in specs) else None

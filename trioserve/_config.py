@@ -72,6 +72,13 @@ class ServerConfig:
     # 10 s for the whole handshake, like header_timeout for a head: a handshake is two round
     # trips, and an unbounded one is slowloris before the request. (nginx allows 60 s.)
     tls_handshake_timeout: float = 10.0
+    # 16 MiB: uvicorn's ws_max_size and the websockets library's default is 1 MiB; a whole
+    # message is held in memory before the app gets it, so this bounds memory per connection.
+    # Beyond it the connection is closed with 1009 (message too big).
+    websocket_max_message_size: int = 16 * 1024 * 1024
+    # permessage-deflate (RFC 7692) when the client offers it: browsers do, and text compresses
+    # well; off saves the CPU and the zlib state (about 64 KiB per connection).
+    websocket_per_message_deflate: bool = True
 
     def __post_init__(self) -> None:
         allow: object = self.forwarded_allow_ips
@@ -96,6 +103,11 @@ class ServerConfig:
             )
         if self.max_header_size < 1024:
             raise ConfigError(f"max_header_size must be at least 1024, not {self.max_header_size}")
+        if self.websocket_max_message_size < 1:
+            raise ConfigError(
+                "websocket_max_message_size must be positive, not "
+                f"{self.websocket_max_message_size}"
+            )
         if self.max_header_count < 1:
             raise ConfigError(f"max_header_count must be positive, not {self.max_header_count}")
         if self.max_body_size is not None and self.max_body_size < 0:

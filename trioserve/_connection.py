@@ -28,6 +28,7 @@ from ._asgi_types import ASGIApp
 from ._config import ServerConfig
 from ._exchange import ClientDisconnected, Exchange, peer_name
 from ._protocol import CLOSED, NEED_DATA, HTTPCore, HTTPError, Phase
+from ._websocket import is_websocket_request, serve_websocket
 
 __all__ = ["ClientDisconnected", "ConnectionContext", "serve_connection"]
 
@@ -192,6 +193,9 @@ class _Connection:
                     # Pipelined requests read without waiting: let other connections run.
                     await trio.lowlevel.checkpoint()
                 self._yielded = False
+                if core.upgrade and is_websocket_request(event["headers"]):
+                    await serve_websocket(self, event)
+                    return
                 if not await self._exchange(event):
                     return
             elif event is NEED_DATA:

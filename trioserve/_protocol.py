@@ -132,6 +132,7 @@ class HTTPCore:
         "body_done",
         "keep_alive",
         "status",
+        "upgrade",
     )
 
     def __init__(
@@ -172,6 +173,7 @@ class HTTPCore:
         self._chunked: ChunkedDecoder | None = None
         self._continue = False
         self.keep_alive = True
+        self.upgrade = False  # the current request asks to upgrade (GET, Connection: upgrade)
         self.body_done = True  # the app has been given the last http.request
         # The current response.
         self._response = _NONE
@@ -203,6 +205,11 @@ class HTTPCore:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    def take_buffered(self) -> bytes:
+        """Hand over the bytes after the current head, for a protocol switch (WebSocket)."""
+        data, self._buf = self._buf, b""
+        return data
 
     # -- request head -------------------------------------------------------------------------
 
@@ -267,6 +274,7 @@ class HTTPCore:
         self._head_request = method == "HEAD"
         self._http10 = request.http_version == "1.0"
         self.keep_alive = request.keep_alive
+        self.upgrade = request.upgrade and method == "GET"
         self._response = _NONE
         self._head = None
         self.status = 0

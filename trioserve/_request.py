@@ -66,6 +66,7 @@ class RequestHead:
         "method",
         "query",
         "raw_path",
+        "upgrade",
     )
 
     def __init__(
@@ -79,6 +80,7 @@ class RequestHead:
         chunked: bool,
         keep_alive: bool,
         expect_continue: bool,
+        upgrade: bool = False,
     ) -> None:
         self.method = method
         self.raw_path = raw_path
@@ -89,6 +91,7 @@ class RequestHead:
         self.chunked = chunked
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
+        self.upgrade = upgrade  # Connection: upgrade (a WebSocket handshake, if GET)
 
 
 def parse_head(head: bytes, max_fields: int) -> RequestHead:
@@ -111,7 +114,7 @@ def parse_head(head: bytes, max_fields: int) -> RequestHead:
     append = headers.append
     content_length: int | None = None
     codings: list[bytes] | None = None
-    close = keep_alive_token = expect = False
+    close = keep_alive_token = expect = upgrade = False
     hosts = 0
     for line in lines[1:]:
         field = _FIELD.fullmatch(line)
@@ -141,6 +144,8 @@ def parse_head(head: bytes, max_fields: int) -> RequestHead:
                     close = True
                 elif token == b"keep-alive":
                     keep_alive_token = True
+                elif token == b"upgrade":
+                    upgrade = True
         elif name == b"expect":
             expect = value.lower() == b"100-continue"
         else:
@@ -178,6 +183,7 @@ def parse_head(head: bytes, max_fields: int) -> RequestHead:
         chunked,
         keep_alive,
         expect and not http10,
+        upgrade and not http10,
     )
 
 
