@@ -235,7 +235,15 @@ _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 class ChunkedDecoder:
     """Incremental decoder of a chunked body; trailers are validated then discarded."""
 
-    __slots__ = ("_max_body", "_max_fields", "_max_line", "_remaining", "_state", "received")
+    __slots__ = (
+        "_max_body",
+        "_max_fields",
+        "_max_line",
+        "_remaining",
+        "_searched",
+        "_state",
+        "received",
+    )
 
     def __init__(self, max_line: int, max_fields: int, max_body: int | None) -> None:
         self._state = _SIZE
@@ -243,6 +251,9 @@ class ChunkedDecoder:
         self._max_line = max_line
         self._max_fields = max_fields
         self._max_body = max_body
+        # Bytes of an unfinished size line or trailer section already searched for its end,
+        # so that one arriving a byte at a time is not searched again from its start per read.
+        self._searched = 0
         self.received = 0
 
     @property
@@ -274,11 +285,13 @@ class ChunkedDecoder:
                 pos += 2
                 self._state = _SIZE
             elif state == _SIZE:
-                end = buf.find(b"\r\n", pos)
+                end = buf.find(b"\r\n", pos + max(0, self._searched - 1))
                 if end < 0:
                     if size - pos > self._max_line:
                         raise HTTPError(400, "chunk size line too long")
+                    self._searched = size - pos
                     break
+                self._searched = 0
                 if end - pos > self._max_line:
                     raise HTTPError(400, "chunk size line too long")
                 match = _CHUNK_LINE.fullmatch(buf, pos, end)
@@ -299,10 +312,11 @@ class ChunkedDecoder:
                     pos += 2
                     self._state = _DONE
                     break
-                end = buf.find(b"\r\n\r\n", pos)
+                end = buf.find(b"\r\n\r\n", pos + max(0, self._searched - 3))
                 if end < 0:
                     if size - pos > self._max_line:
                         raise HTTPError(431, "trailer section too large")
+                    self._searched = size - pos
                     break
                 if end - pos > self._max_line:
                     raise HTTPError(431, "trailer section too large")
