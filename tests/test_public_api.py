@@ -7,6 +7,7 @@ import trioserve
 PUBLIC = {
     "ASGIError",
     "AppLoadError",
+    "ClientCertMode",
     "ClientDisconnected",
     "ConfigError",
     "FdSpec",
@@ -19,6 +20,7 @@ PUBLIC = {
     "Notifier",
     "ServerConfig",
     "SpecError",
+    "TLSContext",
     "TcpSpec",
     "TrioserveError",
     "UnixSpec",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._config import LifespanMode, ServerConfig
+from ._config import ClientCertMode, LifespanMode, ServerConfig
 from ._errors import (
     AppLoadError,
     ASGIError,
@@ -19,12 +19,14 @@ from ._listeners import Listener, inherited_listeners, open_listeners
 from ._notify import Notifier
 from ._serve import serve
 from ._spec import FdSpec, ListenSpec, TcpSpec, UnixSpec, parse_listen
+from ._tls import TLSContext
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ASGIError",
     "AppLoadError",
+    "ClientCertMode",
     "ClientDisconnected",
     "ConfigError",
     "FdSpec",
@@ -37,6 +39,7 @@ __all__ = [
     "Notifier",
     "ServerConfig",
     "SpecError",
+    "TLSContext",
     "TcpSpec",
     "TrioserveError",
     "UnixSpec",
