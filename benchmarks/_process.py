@@ -128,7 +128,9 @@ class ServerProcess:
     port: int
     log_path: Path
     started_at: float
-    seen_pids: set[int] = field(default_factory=set)
+    # Every PID seen in the tree, with its start time: a PID is only ever killed while it still
+    # names the same process (the start time, field 22 of /proc/PID/stat, tells a reused PID).
+    seen_pids: dict[int, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -141,7 +143,10 @@ class ServerProcess:
         while index < len(pids):
             pids.extend(_children(pids[index]))
             index += 1
-        self.seen_pids.update(pids)
+        for pid in pids:
+            if pid not in self.seen_pids:
+                with contextlib.suppress(OSError, IndexError):
+                    self.seen_pids[pid] = _stat_fields(pid)[19]
         return pids
 
     def cpu_seconds(self) -> float:
@@ -189,9 +194,12 @@ class ServerProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             self.proc.wait(10)
-        for pid in self.seen_pids - {self.pid}:
+        for pid, started in self.seen_pids.items():
+            if pid == self.pid:
+                continue
             with contextlib.suppress(OSError, IndexError):
-                if _stat_fields(pid)[0] != "Z":
+                fields = _stat_fields(pid)
+                if fields[19] == started and fields[0] != "Z":
                     os.kill(pid, signal.SIGKILL)
 
 
