@@ -169,6 +169,34 @@ async def test_a_slow_reader_is_dropped_at_the_write_timeout(app_dir: Path) -> N
     assert during - before < 4096
 
 
+async def test_a_pipelining_client_that_never_reads_is_dropped(app_dir: Path) -> None:
+    write_timeout = 1.0
+    server = serve_hard_app(app_dir, "--write-timeout", str(write_timeout), "--log-level", "debug")
+    port = server.tcp_ports[0]
+    errors = Lines(server.process.stderr)
+    before = rss_kib(server.process.pid)
+    requests = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 100_000  # 3 MB of pipelined requests
+    sock = socket.create_connection(("127.0.0.1", port))
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        start = time.monotonic()
+        sent = 0
+        with contextlib.suppress(BlockingIOError):  # send what the kernels take, read nothing
+            while sent < len(requests):
+                sent += sock.send(requests[sent : sent + 65536])
+        await trio.to_thread.run_sync(errors.until, lambda line: "write timeout" in line)
+        dropped_after = time.monotonic() - start
+        during = rss_kib(server.process.pid)
+    assert (await get(port)).startswith(b"HTTP/1.1 200 ")
+    print(
+        f"\npipelining flood: {sent} bytes of requests taken, none of the answers read; "
+        f"dropped after {dropped_after:.2f} s; server RSS {before} -> {during} KiB"
+    )
+    assert write_timeout <= dropped_after < write_timeout + 1.5
+    assert during - before < 4096
+
+
 async def test_idle_keep_alive_flood_is_held_cheaply_and_closed_on_time(app_dir: Path) -> None:
     count = 2000
     keep_alive = 3.0
@@ -230,14 +258,31 @@ async def test_fd_exhaustion_backs_off_and_recovers(app_dir: Path) -> None:
     )
     port = server.tcp_ports[0]
     errors = Lines(server.process.stderr)
+    keep_alive = socket.create_connection(("127.0.0.1", port), timeout=10)
+    one_request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    keep_alive.sendall(one_request)
+    assert keep_alive.recv(65536).startswith(b"HTTP/1.1 200 ")
     socks = []
+    backoffs = 0
+
+    def backoff(line: str) -> bool:
+        nonlocal backoffs
+        backoffs += "Too many open files" in line
+        return backoffs == 5
+
     try:
         for _ in range(burst):  # connections that send nothing: each holds a server fd
             socks.append(socket.create_connection(("127.0.0.1", port)))
-        await trio.to_thread.run_sync(errors.until, lambda line: "Too many open files" in line)
+        exhausted = time.monotonic()
+        await trio.to_thread.run_sync(errors.until, backoff)  # five back-offs: half a second
+        held_for = time.monotonic() - exhausted
         assert server.process.poll() is None
+        # A connection the server already has is still served while accept backs off.
+        keep_alive.sendall(one_request)
+        assert keep_alive.recv(65536).startswith(b"HTTP/1.1 200 ")
     finally:
         start = time.monotonic()
+        keep_alive.close()
         for sock in socks:
             sock.close()
     response = await trio.to_thread.run_sync(http_get, port)
@@ -248,9 +293,9 @@ async def test_fd_exhaustion_backs_off_and_recovers(app_dir: Path) -> None:
     backoff_lines = [line for line in stderr.splitlines() if "Too many open files" in line]
     backoff_lines += [line for line in errors.seen if "Too many open files" in line]
     print(
-        f"\nfd exhaustion: RLIMIT_NOFILE {limit}, burst of {burst} connections: "
-        f"{len(backoff_lines)} back-off log lines, served again {recovered:.2f} s after "
-        f"the burst closed; exit code {code}"
+        f"\nfd exhaustion: RLIMIT_NOFILE {limit}, burst of {burst} connections held "
+        f"{held_for:.2f} s: {len(backoff_lines)} back-off log lines in all, served again "
+        f"{recovered:.2f} s after the burst closed; exit code {code}"
     )
     assert code == 0
     assert "Traceback" not in stderr
