@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import signal
+import socket
+import subprocess
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -267,3 +273,93 @@ def test_cli_proxy_headers_reach_the_app(tmp_path: Path, workers: list[str]) -> 
     assert json.loads(response.partition(b"\r\n\r\n")[2])["client"] == ["192.0.2.8", 0]
     server.signal(signal.SIGTERM)
     assert server.finish()[0] == 0
+
+
+# ---- behind a real nginx, over a unix socket ------------------------------------------------
+
+NGINX_CONF = """
+daemon off;
+master_process on;
+worker_processes 1;
+{user}
+pid {tmp}/nginx.pid;
+error_log stderr notice;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream app {{
+        server unix:{sock};
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            # Appends the client's address to what the client sent: a spoofing client's list.
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            # As a TLS-terminating nginx would say (this one has no certificate).
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header X-Forwarded-Host $host;
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx_in_front(tmp_path: Path, sock: str) -> Iterator[int]:
+    """nginx on a 127.0.0.1 port we bound (handed over through its NGINX variable, so no port
+    is guessed), proxying to `sock`. Stopped (its own process group) on the way out."""
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        pytest.skip("nginx is not installed")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    conf = tmp_path / "nginx.conf"
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf.write_text(NGINX_CONF.format(user=user, tmp=tmp_path, sock=sock, port=port))
+    os.set_inheritable(listener.fileno(), True)
+    process = subprocess.Popen(
+        [nginx, "-p", str(tmp_path), "-c", str(conf)],
+        env={**os.environ, "NGINX": f"{listener.fileno()};"},
+        pass_fds=[listener.fileno()],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    listener.close()  # nginx holds it; connections queue in its backlog until it accepts
+    try:
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # its process group: nginx and its worker
+        process.wait(timeout=10)
+
+
+async def test_behind_nginx_over_a_unix_socket(tmp_path: Path) -> None:
+    sock = str(tmp_path / "app.sock")
+    # Trust the unix peer (nginx) only: the loopback address nginx saw is then the client,
+    # and whatever the client put in X-Forwarded-For itself is ignored.
+    config = ServerConfig(proxy_headers=True, forwarded_allow_ips=("unix",), access_log=False)
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve, echo_scope, [f"unix:{sock}"], config=config))
+            with nginx_in_front(tmp_path, sock) as port:
+                async with httpx.AsyncClient() as client:
+                    response = await client.get(
+                        f"http://127.0.0.1:{port}/",
+                        headers={"X-Forwarded-For": "6.6.6.6", "Host": "example.test"},
+                    )
+            nursery.cancel_scope.cancel()
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "client": ["127.0.0.1", 0],
+        "scheme": "https",
+        "host": "example.test",
+    }
