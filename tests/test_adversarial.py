@@ -529,3 +529,20 @@ def test_a_chunk_line_or_trailer_sent_a_byte_at_a_time_costs_linear_time(body: b
         core.receive_data(body[i : i + 1])
         assert core.read_body() is NEED_DATA
     assert time.process_time() - start < 0.5  # about 100 ms here; over 1 s when quadratic
+
+
+@st.composite
+def split_points(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(data) - 1)), max_size=8))))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True) if a < b]
+
+
+@settings(max_examples=int(os.environ.get("TRIOSERVE_FUZZ_EXAMPLES", "300")), deadline=None)
+@given(data=st.data(), request=mutated_requests())
+def test_fuzzed_heads_and_bodies_get_the_same_verdict_however_split(
+    data: st.DataObject, request: bytes
+) -> None:
+    assume(request)
+    assert verdict(data.draw(split_points(request))) == verdict([request])
+    body = request.partition(b"\r\n\r\n")[2]
+    assert decoded(data.draw(split_points(body))) == decoded([body])
