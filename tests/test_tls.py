@@ -345,3 +345,33 @@ async def test_drain_closes_an_idle_tls_connection_with_close_notify(pki: PKI) -
             nursery.cancel_scope.cancel()  # the drain; our connection is idle
         assert await client.receive_some(65536) == b""  # close_notify, not a reset
         await client.aclose()
+
+
+def test_cli_workers_serve_tls_and_a_rolling_restart_loads_new_certificates(
+    pki: PKI, tmp_path: Path
+) -> None:
+    args = [
+        "trioserve.demo:app",
+        "--listen", "127.0.0.1:0",
+        "--listen", "127.0.0.1:0?tls=1",
+        "--certfile", str(pki.certfile),
+        "--workers", "1",
+    ]  # fmt: skip
+    server = start_server(args, tmp_path)
+    plain_port = server.tcp_ports[0]
+    secure_port = int(server.status.split("https://127.0.0.1:")[1].split()[0].strip(","))
+    answer = http_get(plain_port, headers="Accept: application/json\r\n")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["listener"]["tls"] is False
+    first = https_get(secure_port, pki.client_context())
+    assert first["listener"]["tls"] is True
+    new = trustme.CA()
+    new.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pki.certfile))
+    server.signal(signal.SIGHUP)  # a rolling restart: the new worker reads the new files
+    server.wait_message("RELOADING=1")
+    server.wait_message("READY=1")  # the old worker has closed its sockets and drains
+    new_pki = PKI(new, pki.certfile, pki.ca_file)
+    second = https_get(secure_port, new_pki.client_context())
+    assert second["pid"] != first["pid"]
+    server.signal(signal.SIGTERM)
+    code, err = server.finish()
+    assert code == 0, err

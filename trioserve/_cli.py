@@ -22,11 +22,11 @@ from ._asgi_types import ASGIApp
 from ._config import ServerConfig
 from ._errors import ConfigError, TrioserveError
 from ._importer import check_app_path, load_app
-from ._listeners import default_listen_specs, open_listeners
+from ._listeners import Listener, default_listen_specs, open_listeners
 from ._notify import Notifier
 from ._serve import serve
 from ._spec import ListenSpec, parse_listen
-from ._supervisor import Supervisor
+from ._supervisor import Supervisor, fd_names
 from ._tls import TLSContext
 
 __all__ = ["main"]
@@ -286,13 +286,12 @@ def cli(
             websocket_per_message_deflate=websocket_per_message_deflate,
         )
         # Loaded before anything listens: a missing or bad certificate is one line, exit 2.
+        # (Supervised workers load their own; this checks the files first.)
         tls = TLSContext(config) if any(spec.tls for spec in specs) else None
         if workers is None and not reload:
             asgi_app = load_app(app, factory=factory, app_dir=app_dir)
             code = trio.run(_run, _Single(asgi_app, specs or None, config, tls))
         else:
-            if tls is not None:
-                raise ConfigError("tls=1 listeners do not work with --workers or --reload yet")
             check_app_path(app, app_dir=app_dir)
             supervised = _Supervised(
                 command=_worker_command(click.get_current_context()),
@@ -365,7 +364,7 @@ class _Supervised:
         )
         try:
             self.supervisor = Supervisor(
-                self.command,
+                self.command + _worker_listen_args(listeners),
                 listeners,
                 workers=self.workers,
                 graceful_timeout=self.config.graceful_timeout,
@@ -438,6 +437,24 @@ async def _run(runner: _Runner) -> int:
 _SUPERVISOR_ONLY = frozenset(
     {"app", "listen", "workers", "reload", "reload_dirs", "max_requests", "max_requests_jitter"}
 )
+
+
+def _worker_listen_args(listeners: list[Listener]) -> list[str]:
+    """`--listen fd:NAME?tls=1` for the workers when some listener is TLS.
+
+    A worker adopts every inherited fd by default, as plain HTTP: TLS is ours, not the socket's,
+    so the workers must be told which fds carry it. Without TLS nothing is added.
+    """
+    if not any(listener.tls for listener in listeners):
+        return []
+    tls_by_name: dict[str, bool] = {}
+    for listener, name in zip(listeners, fd_names(listeners), strict=True):
+        if tls_by_name.setdefault(name, listener.tls) != listener.tls:
+            raise ConfigError(f"fds named {name!r} are TLS and plain at once: name them apart")
+    args: list[str] = []
+    for name, tls in tls_by_name.items():
+        args += ["--listen", f"fd:{name}?tls=1" if tls else f"fd:{name}"]
+    return args
 
 
 def _worker_command(ctx: click.Context) -> list[str]:

@@ -76,6 +76,15 @@ class _Worker:
         return self.process.pid
 
 
+def fd_names(listeners: Sequence[Listener]) -> list[str]:
+    """LISTEN_FDNAMES for the workers: an inherited socket keeps its name; one we bound is named
+    by kind and position."""
+    return [
+        listener.name if listener.name else f"{listener.kind}{index}"
+        for index, listener in enumerate(listeners)
+    ]
+
+
 class Supervisor:
     """Runs `command` as `workers` socket-activated processes over `listeners`."""
 
@@ -107,11 +116,7 @@ class Supervisor:
         env = os.environ if environ is None else environ
         self.environ = {k: v for k, v in env.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
         self.fds = [listener.socket.fileno() for listener in self.listeners]
-        # LISTEN_FDNAMES: an inherited socket keeps its name; one we bound is named by kind.
-        self.fdnames = ":".join(
-            listener.name if listener.name else f"{listener.kind}{index}"
-            for index, listener in enumerate(self.listeners)
-        )
+        self.fdnames = ":".join(fd_names(self.listeners))
         self.slots: list[_Worker | None] = [None] * workers
         self.by_pid: dict[int, _Worker] = {}
         self.restarts: list[trio.MemorySendChannel[int]] = []
