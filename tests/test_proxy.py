@@ -21,7 +21,7 @@ import trio
 from tests.clitools import http_get, run_to_exit, start_server
 from trioserve import ConfigError, ServerConfig
 from trioserve._asgi_types import ASGIReceive, ASGISend, Scope
-from trioserve._proxy import Forwarded, TrustedPeers, forwarded, parse_forwarded
+from trioserve._proxy import Forwarded, TrustedPeers, apply, forwarded, parse_forwarded
 from trioserve._serve import serve
 
 LOCAL = TrustedPeers.parse(["127.0.0.1", "::1", "unix"])
@@ -363,3 +363,13 @@ async def test_behind_nginx_over_a_unix_socket(tmp_path: Path) -> None:
         "scheme": "https",
         "host": "example.test",
     }
+
+
+@pytest.mark.parametrize(
+    ("kind", "proto", "scheme"),
+    [("http", "https", "https"), ("websocket", "https", "wss"), ("websocket", "http", "ws")],
+)
+def test_apply_maps_the_scheme_for_websockets(kind: str, proto: str, scheme: str) -> None:
+    scope: dict[str, Any] = {"type": kind, "scheme": "x", "headers": [(b"host", b"a")]}
+    apply(scope, Forwarded(scheme=proto, host=b"b.example"))
+    assert scope["scheme"] == scheme and scope["headers"] == [(b"host", b"b.example")]

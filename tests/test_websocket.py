@@ -240,10 +240,15 @@ def raw_handshake(port: int) -> socket.socket:
     return sock
 
 
-def masked_frame(opcode: int, payload: bytes) -> bytes:
+def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     mask = os.urandom(4)
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+    length = (
+        bytes([0x80 | len(payload)])
+        if len(payload) < 126
+        else bytes([0xFE]) + len(payload).to_bytes(2, "big")
+    )
+    return bytes([(0x80 if fin else 0) | opcode]) + length + mask + body
 
 
 def close_code_after(sock: socket.socket, frame: bytes) -> int:
@@ -263,6 +268,21 @@ def close_code_after(sock: socket.socket, frame: bytes) -> int:
         (masked_frame(0x1, b"\xff\xfe not utf-8"), 1007),  # invalid UTF-8 in a text message
         (masked_frame(0x3, b"x"), 1002),  # a reserved opcode
         (bytes([0x81, 0x01, ord("x")]), 1002),  # an unmasked client frame
+        # Autobahn-style cases (sections 5, 6 and 7 of its test suite):
+        (masked_frame(0x0, b"x"), 1002),  # a continuation with no message to continue
+        (masked_frame(0x1, b"a", fin=False) + masked_frame(0x1, b"b"), 1002),  # text in text
+        (masked_frame(0x9, b"x" * 126), 1002),  # a control frame over 125 bytes
+        (masked_frame(0x9, b"x", fin=False), 1002),  # a fragmented control frame
+        (masked_frame(0x8, (1005).to_bytes(2, "big")), 1002),  # a close code never sent
+        (masked_frame(0x8, (999).to_bytes(2, "big")), 1002),  # a close code out of range
+        (masked_frame(0x8, (1000).to_bytes(2, "big") + b"\xff"), 1007),  # bad UTF-8 reason
+        # UTF-8 split across fragments is valid; the invalid byte after it is not.
+        (
+            masked_frame(0x1, "é".encode()[:1], fin=False)
+            + masked_frame(0x0, "é".encode()[1:] + b"\xc0")
+            + masked_frame(0x8, b""),
+            1007,
+        ),
     ],
 )
 async def test_protocol_errors_close_with_their_code(frame: bytes, code: int) -> None:
@@ -274,6 +294,31 @@ async def test_protocol_errors_close_with_their_code(frame: bytes, code: int) ->
                 return close_code_after(sock, frame)
 
         assert await in_thread(talk) == code
+
+
+async def test_ping_between_fragments_and_utf8_split_across_fragments() -> None:
+    async with serving() as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+
+        def talk() -> bytes:
+            with raw_handshake(port) as sock:
+                text = "héllo wörld".encode()
+                sock.sendall(
+                    masked_frame(0x1, text[:2], fin=False)  # splits the é
+                    + masked_frame(0x9, b"ping!")
+                    + masked_frame(0x0, text[2:])
+                )
+                data = b""
+                while len(data) < 2 + 5 + 2 + len(text):
+                    chunk = sock.recv(1024)
+                    assert chunk, data
+                    data += chunk
+                return data
+
+        data = await in_thread(talk)
+    # The pong first (control frames may come between fragments), then the echoed message.
+    assert data[:7] == b"\x8a\x05ping!"
+    assert data[7:] == bytes([0x81, len("héllo wörld".encode())]) + "héllo wörld".encode()
 
 
 async def test_bad_handshakes_get_http_errors() -> None:
