@@ -10,6 +10,7 @@ printed (run with `-s` to see them); docs/security.md quotes them.
 from __future__ import annotations
 
 import contextlib
+import resource
 import signal
 import socket
 import time
@@ -197,8 +198,21 @@ async def test_a_pipelining_client_that_never_reads_is_dropped(app_dir: Path) ->
     assert during - before < 4096
 
 
+def allow_open_files(count: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE (the server inherits it) to fit `count`
+    connections plus some spare, as far as the hard limit allows; return what fits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count + 256
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return min(count, max(soft, wanted) - 256)
+
+
 async def test_idle_keep_alive_flood_is_held_cheaply_and_closed_on_time(app_dir: Path) -> None:
-    count = 2000
+    count = allow_open_files(2000)
+    assert count >= 500, "RLIMIT_NOFILE's hard limit is too low for this test"
     keep_alive = 3.0
     server = serve_hard_app(app_dir, "--keep-alive-timeout", str(keep_alive))
     port = server.tcp_ports[0]
