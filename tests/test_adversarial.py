@@ -169,6 +169,8 @@ CORPUS: list[Case] = [
     refused("connect-unsupported", b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n", 501),
     accepted("absolute-form", head("Host: x", target=b"http://example.com/a")),
     accepted("absolute-form-no-path", head("Host: x", target=b"http://example.com"), path="/"),
+    refused("absolute-form-empty-host", head("Host: x", target=b"http:///a")),
+    refused("absolute-form-userinfo", head("Host: x", target=b"http://u:p@example.com/a")),
     accepted("asterisk-for-options", b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", path="*"),
     accepted("extension-method", b"PURGE /a HTTP/1.1\r\nHost: x\r\n\r\n"),
     accepted("leading-empty-lines", b"\r\n\r\n" + head("Host: x")),
@@ -546,3 +548,24 @@ def test_fuzzed_heads_and_bodies_get_the_same_verdict_however_split(
     assert verdict(data.draw(split_points(request))) == verdict([request])
     body = request.partition(b"\r\n\r\n")[2]
     assert decoded(data.draw(split_points(body))) == decoded([body])
+
+
+@pytest.mark.parametrize(
+    ("data", "host"),
+    [
+        (
+            b"GET http://example.com:8080/a HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            b"example.com:8080",
+        ),
+        (b"GET http://example.com/a HTTP/1.0\r\n\r\n", b"example.com"),
+        (b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n", b"example.com"),
+    ],
+)
+def test_an_absolute_form_target_names_the_host(data: bytes, host: bytes) -> None:
+    """RFC 9112 3.2.2: the target's authority wins over Host, so the app sees one true host."""
+    core = HTTPCore(CONFIG, client=None, server=None, state={})
+    core.receive_data(data)
+    scope = core.next_request()
+    assert isinstance(scope, dict)
+    assert [v for n, v in scope["headers"] if n == b"host"] == [host]
+    assert scope["path"] == "/a"

@@ -34,7 +34,7 @@ _REQUEST_LINE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-
 _FIELD: Final = re.compile(
     rb"(" + _TOKEN + rb"):[ \t]*([\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?[ \t]*"
 )
-_ABSOLUTE_FORM: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[^/?]*")
+_ABSOLUTE_FORM: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://([^/?]*)")
 _AUTHORITY_FORM: Final = re.compile(rb"[^/?#@]+:[0-9]{1,5}")
 _QUOTED: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 # chunk-size [ chunk-ext ] (RFC 9112 7.1.1): no CR, LF or other control byte anywhere.
@@ -169,7 +169,13 @@ def parse_head(head: bytes, max_fields: int) -> RequestHead:
             # because an intermediary may have framed this message the other way.
             keep_alive = False
     method = _METHODS.get(method_b) or method_b.decode("ascii")
-    raw_path, query = _split_target(target, method)
+    raw_path, query, authority = _split_target(target, method)
+    if authority is not None:
+        # RFC 9112 3.2.2: with an absolute-form target, its authority is the host and Host is
+        # ignored; the app sees the host the request is for, not what a Host header claims.
+        headers = [(n, authority) if n == b"host" else (n, v) for n, v in headers]
+        if hosts == 0:
+            headers.append((b"host", authority))
     # A major version we speak with a higher minor is read as the highest minor we speak
     # (RFC 9110 2.5); any other major version is refused.
     version = "1.0" if http10 else "1.1"
@@ -187,26 +193,30 @@ def parse_head(head: bytes, max_fields: int) -> RequestHead:
     )
 
 
-def _split_target(target: bytes, method: str) -> tuple[bytes, bytes]:
-    """Return (raw_path, query) for the four request-target forms of RFC 9112 3.2."""
+def _split_target(target: bytes, method: str) -> tuple[bytes, bytes, bytes | None]:
+    """(raw_path, query, authority of an absolute-form target) for the forms of RFC 9112 3.2."""
     if target[0] == 0x2F:  # origin-form: "/" path ["?" query]
         if method == "CONNECT":
             raise HTTPError(400, "CONNECT needs an authority-form target")
         raw_path, _, query = target.partition(b"?")
-        return raw_path, query
+        return raw_path, query, None
     if target == b"*":
         if method != "OPTIONS":
             raise HTTPError(400, "asterisk-form is only for OPTIONS")
-        return target, b""
+        return target, b"", None
     if method == "CONNECT":
         if _AUTHORITY_FORM.fullmatch(target) is None:
             raise HTTPError(400, "malformed CONNECT target")
-        return target, b""
+        return target, b"", None
     match = _ABSOLUTE_FORM.match(target)
     if match is None:
         raise HTTPError(400, "relative request target")
+    authority = match[1]
+    if not authority or b"@" in authority:
+        # RFC 9110 4.2.1: an empty host is invalid; 4.2.4: userinfo is to be treated as an error.
+        raise HTTPError(400, "absolute-form target without a host, or with userinfo")
     raw_path, _, query = target[match.end() :].partition(b"?")
-    return raw_path or b"/", query
+    return raw_path or b"/", query, authority
 
 
 def _field_problem(line: bytes) -> str:
