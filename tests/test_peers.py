@@ -75,8 +75,8 @@ def nginx_in_front_of(upstream: Path, tmp_path: Path) -> Iterator[Path]:
         stderr=subprocess.PIPE,
     )
     try:
-        Lines(process.stderr).until(lambda line: "getrlimit" in line or "[emerg]" in line)
-        assert process.poll() is None, "nginx did not start"
+        line = Lines(process.stderr).until(lambda line: "getrlimit" in line or "emerg" in line)
+        assert "emerg" not in line, f"nginx did not start: {line}"
         yield front
     finally:
         process.send_signal(signal.SIGTERM)
