@@ -370,3 +370,22 @@ async def test_wss_on_a_tls_listener(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     assert SEEN[0]["scheme"] == "wss"
     assert SEEN[0]["extensions"]["tls"]["tls_version"] in (0x0303, 0x0304)
+
+
+async def test_drain_then_a_ping_and_the_clients_close(caplog: pytest.LogCaptureFixture) -> None:
+    """After our 1001 the client may still send a ping before its close: no pong, no error."""
+    caplog.set_level("DEBUG", logger="trioserve.error")
+    async with serving() as (url, nursery):
+        port = int(url.rsplit(":", 1)[1])
+        sock = await in_thread(lambda: raw_handshake(port))
+        with sock:
+            sock.sendall(masked_frame(0x1, b"hi"))
+            assert await in_thread(lambda: sock.recv(4)) == b"\x81\x02hi"
+            nursery.cancel_scope.cancel()  # the drain
+            with trio.CancelScope(shield=True):
+                close = await in_thread(lambda: sock.recv(1024))
+                assert close[0] == 0x88 and close[2:4] == (1001).to_bytes(2, "big")
+                sock.sendall(masked_frame(0x9, b"late") + masked_frame(0x8, close[2:4]))
+                assert await in_thread(lambda: sock.recv(1024)) == b""  # closed, no pong
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert ("disconnect", 1001) in SEEN

@@ -17,6 +17,7 @@ WebSocket gets a close frame 1001 (going away); the app hears the client's answe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import MutableMapping
@@ -111,7 +112,6 @@ class _WebSocket:
         self.write_lock = trio.Lock()
         self.queue_in, self.queue_out = trio.open_memory_channel[dict[str, Any]](_QUEUE)
         self.disconnect: dict[str, Any] | None = None  # once the client is gone
-        self.closed_by_us = False
         self.nursery: trio.Nursery | None = None
         self.start = trio.current_time()
 
@@ -256,8 +256,9 @@ class _WebSocket:
         self.state = "closed"
         ws = self.ws
         if ws is not None and ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            self.closed_by_us = ws.state is ConnectionState.OPEN
-            await self._write(ws.send(CloseConnection(code=code, reason=reason)))
+            # Closing what the client already left: nothing more to do.
+            with contextlib.suppress(ClientDisconnected):
+                await self._write(ws.send(CloseConnection(code=code, reason=reason)))
 
     async def _close_at_drain(self) -> None:
         await self.conn.ctx.drain.wait()
@@ -319,7 +320,8 @@ class _WebSocket:
                             parts, size = [], 0
                             await self.queue_in.send(message)
                     elif isinstance(event, Ping):
-                        await self._write(ws.send(event.response()))
+                        if ws.state is ConnectionState.OPEN:  # not once a close is sent
+                            await self._write(ws.send(event.response()))
                     elif isinstance(event, CloseConnection):
                         if ws.state is ConnectionState.REMOTE_CLOSING:
                             # The client closed: answer with the same code; it is over.
