@@ -35,7 +35,14 @@ from ._listeners import Listener, default_listen_specs, open_listeners
 from ._notify import Notifier
 from ._proxy import proxy_headers_app
 from ._spec import ListenSpec, parse_listen
-from ._tls import TLSContext, handshake_error, relay, tls_extension
+from ._tls import (
+    PLAIN_HTTP_REASON,
+    TLSContext,
+    answer_plain_http,
+    handshake_error,
+    relay,
+    tls_extension,
+)
 
 __all__ = ["serve"]
 
@@ -322,6 +329,8 @@ class _Server:
             log.info(
                 "TLS handshake from %s on %s failed: %s", peer_name(client), listener, failure
             )
+            if failure == PLAIN_HTTP_REASON:
+                await answer_plain_http(stream.transport_stream)
             await trio.aclose_forcefully(stream)
             return
         extension = tls_extension(stream, loaded)

@@ -35,7 +35,14 @@ import trio
 from ._config import ServerConfig
 from ._errors import ConfigError
 
-__all__ = ["TLSContext", "relay", "tls_extension"]
+__all__ = [
+    "PLAIN_HTTP_REASON",
+    "TLSContext",
+    "answer_plain_http",
+    "handshake_error",
+    "relay",
+    "tls_extension",
+]
 
 log = logging.getLogger("trioserve.error")
 
@@ -132,6 +139,24 @@ def handshake_error(exc: BaseException) -> str:
     if isinstance(cause, ssl.SSLError):
         return cause.reason or cause.__class__.__name__
     return str(cause) or cause.__class__.__name__
+
+
+# OpenSSL's reason when the first bytes were an HTTP request, not a TLS ClientHello.
+PLAIN_HTTP_REASON: Final = "HTTP_REQUEST"
+# What nginx does too (its 497): tell a person with a browser what happened, in plain HTTP.
+_PLAIN_HTTP_ANSWER: Final = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 45\r\nconnection: close\r\n\r\n"
+    b"This port speaks HTTPS: use an https:// URL.\n"
+)
+_PLAIN_HTTP_SECONDS: Final = 1.0
+
+
+async def answer_plain_http(stream: trio.abc.Stream) -> None:
+    """Answer a plain HTTP request sent to a TLS port with a 400 (bounded; errors ignored)."""
+    with trio.move_on_after(_PLAIN_HTTP_SECONDS):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await stream.send_all(_PLAIN_HTTP_ANSWER)
 
 
 def tls_extension(stream: trio.SSLStream[trio.SocketStream], loaded: _Loaded) -> dict[str, object]:
