@@ -112,6 +112,8 @@ class Listener:
             notes.append("inherited")
         if self.kind == "connection":
             notes.append("one connection")
+        if self.tls and isinstance(self.address, str):
+            notes.append("TLS")  # a TCP address says it with https://
         if self.v6only is not None:
             notes.append("IPv6-only" if self.v6only else "dual-stack")
         if self.mode is not None:
@@ -172,7 +174,7 @@ class Listener:
 
 def _url(family: int, address: tuple[str, int] | str, tls: bool = False) -> str:
     if isinstance(address, str):
-        return f"unix:{address or '(unnamed)'}" + (" (TLS)" if tls else "")
+        return f"unix:{address or '(unnamed)'}"
     host, port = address
     scheme = "https" if tls else "http"
     return (
