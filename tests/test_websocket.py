@@ -389,3 +389,18 @@ async def test_drain_then_a_ping_and_the_clients_close(caplog: pytest.LogCapture
                 assert await in_thread(lambda: sock.recv(1024)) == b""  # closed, no pong
     assert not [r for r in caplog.records if "internal error" in r.getMessage()]
     assert ("disconnect", 1001) in SEEN
+
+
+async def test_one_huge_frame_is_refused_before_it_arrives() -> None:
+    """A frame that announces 100 MB is closed with 1009 after its first few KiB."""
+    async with serving(ServerConfig(websocket_max_message_size=1024)) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+
+        def talk() -> bytes:
+            with raw_handshake(port) as sock:
+                header = bytes([0x82, 0xFF]) + (100_000_000).to_bytes(8, "big") + b"\0" * 4
+                sock.sendall(header + b"x" * 4096)
+                return sock.recv(100)
+
+        close = await in_thread(talk)
+    assert close[0] == 0x88 and close[2:4] == (1009).to_bytes(2, "big")
