@@ -376,6 +376,8 @@ SEEDS = [
     b"PUT /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
     b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
 ]
+# Not yet a WebSocket handshake among the seeds: see
+# test_a_refused_websocket_handshake_with_a_request_after_it_is_not_reset.
 # Bytes that matter to a parser, to splice in more often than chance would.
 TOKENS = [b"\r\n", b"\r", b"\n", b"\x00", b" ", b"\t", b":", b",", b";", b"0", b"9", b"f",
           b"-", b"\r\n\r\n", b"chunked", b"Content-Length: 3\r\n", b"Host: y\r\n",
@@ -428,6 +430,12 @@ async def test_fuzzed_requests_end_in_responses_or_a_clean_close(
     data: bytes, pieces: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     assume(b"HEAD" not in data)  # a HEAD response has no body; h11 would need telling
+    await one_fuzzed_connection(data, pieces)
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+
+
+async def one_fuzzed_connection(data: bytes, pieces: int) -> None:
+    """Send `data` in `pieces` writes, half-close, and check what comes back (see above)."""
     app = CountingApp()
     with trio.fail_after(10):
         async with serving(app) as port:
@@ -446,7 +454,6 @@ async def test_fuzzed_requests_end_in_responses_or_a_clean_close(
             assert all(200 <= status <= 599 for status in statuses)
             assert len(statuses) >= len(app.paths)  # every request the app saw was answered
             await fresh_client_is_served(port)
-    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
 
 
 # -- segmentation: however a head is split into reads, the verdict is the same -------------
@@ -596,3 +603,17 @@ async def test_websocket_refusals_announce_the_close() -> None:
                 reply = await client.response()
     assert reply is not None and reply.status == 400
     assert reply.headers.get("connection") == "close"
+
+
+@pytest.mark.xfail(strict=True, reason="a refused WebSocket handshake can end in a reset")
+async def test_a_refused_websocket_handshake_with_a_request_after_it_is_not_reset() -> None:
+    """Found by the fuzzer with a handshake among its seeds: this input, in two writes, ends
+    in a connection reset (instead of the 403 and a clean close) about two times in three, so
+    ten tries fail all but surely. The HTTP path half-closes and drains before it closes."""
+    data = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
+    )
+    for _ in range(10):
+        await one_fuzzed_connection(data, 2)
