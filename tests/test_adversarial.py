@@ -593,7 +593,6 @@ def test_an_absolute_form_target_names_the_host(data: bytes, host: bytes) -> Non
     assert scope["path"] == "/a"
 
 
-@pytest.mark.xfail(strict=True, reason="WebSocket handshake refusals close without saying so")
 async def test_websocket_refusals_announce_the_close() -> None:
     """RFC 9112 9.6: a server that closes after a response should say `Connection: close`."""
     with trio.fail_after(10):
@@ -605,7 +604,6 @@ async def test_websocket_refusals_announce_the_close() -> None:
     assert reply.headers.get("connection") == "close"
 
 
-@pytest.mark.xfail(strict=True, reason="a refused WebSocket handshake can end in a reset")
 async def test_a_refused_websocket_handshake_with_a_request_after_it_is_not_reset() -> None:
     """Found by the fuzzer with a handshake among its seeds: this input, in two writes, ends
     in a connection reset (instead of the 403 and a clean close) about two times in three, so

@@ -55,6 +55,9 @@ def is_websocket_request(headers: list[tuple[bytes, bytes]]) -> bool:
 
 async def serve_websocket(conn: _Connection, scope: dict[str, Any]) -> None:
     """Run the app for one WebSocket request on `conn`; the connection closes afterwards."""
+    # Whatever happens, this connection carries no more HTTP: every refusal says so
+    # (`connection: close`, RFC 9112 9.6).
+    conn.core.keep_alive = False
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     fields: dict[bytes, list[bytes]] = {}
     for name, value in headers:
@@ -143,6 +146,11 @@ class _WebSocket:
                 CloseReason.INTERNAL_ERROR if failure is not None else CloseReason.NORMAL_CLOSURE
             )
             await self._close(code, "")
+        if self.ws is None:
+            # Refused with an HTTP response: half-close and drain what the client sent after
+            # its handshake, as the HTTP path does, so our close does not become a reset that
+            # destroys the response.
+            await self.conn.finish()
         await self._finish_close()
 
     # -- the app's side ---------------------------------------------------------------------
