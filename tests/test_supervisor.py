@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -289,3 +290,26 @@ def test_workers_do_not_inherit_trioserve_variables(tmp_path: Path) -> None:
     assert children == []
     code, err = stop(server)
     assert code == 0, err
+
+
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    server = start_server(
+        ["trioserve.demo:app", "--workers", "2", "--listen", "127.0.0.1:0"], tmp_path
+    )
+    workers = pids_of(server.status)
+    # A pidfd turns readable when its process exits, whoever's child it is.
+    pidfds = [os.pidfd_open(pid) for pid in workers]
+    try:
+        os.kill(server.process.pid, signal.SIGKILL)  # the supervisor we started, by its PID
+        server.process.wait(timeout=10)
+        # Each worker gets SIGTERM from the kernel (PR_SET_PDEATHSIG), drains and exits.
+        pending = set(pidfds)
+        deadline = time.monotonic() + 20
+        while pending:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{len(pending)} worker(s) outlived their supervisor"
+            ready, _, _ = select.select(list(pending), [], [], remaining)
+            pending -= set(ready)
+    finally:
+        for fd in pidfds:
+            os.close(fd)

@@ -207,6 +207,7 @@ class Supervisor:
                 _ACTIVATE,
                 ",".join(map(str, self.fds)),
                 self.fdnames,
+                str(os.getpid()),
                 "--",
                 *command,
             ],
