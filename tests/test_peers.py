@@ -27,7 +27,21 @@ from trioserve._serve import serve
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 CURL = shutil.which("curl")
-needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run does)")
+
+
+@pytest.fixture
+def _nginx_present() -> None:
+    # Required, never skipped: .ci/run installs Debian's nginx, and a silent skip would hide
+    # a broken install.
+    assert NGINX is not None, "nginx is required (Debian package nginx; .ci/run installs it)"
+
+
+@pytest.fixture
+def _curl_present() -> None:
+    assert CURL is not None, "curl is required (Debian package curl; .ci/run installs it)"
+
+
+needs_nginx = pytest.mark.usefixtures("_nginx_present")
 
 NGINX_CONF = """
 daemon off;
@@ -250,7 +264,7 @@ async def app(scope, receive, send):
 """
 
 
-@pytest.mark.skipif(CURL is None, reason="curl is not installed (.ci/run does)")
+@pytest.mark.usefixtures("_curl_present")
 def test_curl_unix_socket_http11_and_expect_continue(tmp_path: Path) -> None:
     assert CURL is not None
     (tmp_path / "echo_app.py").write_text(ECHO_APP)
