@@ -611,3 +611,11 @@ async def test_a_refused_websocket_handshake_with_a_request_after_it_is_not_rese
     )
     for _ in range(10):
         await one_fuzzed_connection(data, 2)
+
+
+def test_a_bare_lf_is_refused_alike_whole_and_split_even_with_a_bad_version() -> None:
+    # Found by the fuzzer above: the early check on an incomplete head said 400, the parse of
+    # a whole one said 505 (it looked at the version first).
+    request = b"\r\nPOST /a HTTP/0.1\r\n\n\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+    cut = request.index(b"\n\r\nHost")
+    assert verdict([request]) == verdict([request[: cut + 1], request[cut + 1 :]]) == 400

@@ -256,6 +256,14 @@ class HTTPCore:
                 return self._reject(431, "request head too large")
             head = buf[:end]
             self._buf = buf[end + 4 :]
+            # The rules an incomplete head is held to above, applied first here too: the answer
+            # must not depend on how the bytes were split (a fuzzer found a bare LF answered
+            # 400 in pieces but 505 whole, when the request line also had a bad version).
+            crlf = head.count(b"\r\n")
+            if head.count(b"\n") != crlf:
+                return self._reject(400, "bare LF in the head")
+            if head.count(b"\r") != crlf:
+                return self._reject(400, "bare CR in the head")
             # RFC 9112 2.2: ignore empty lines before a request line (some clients send a
             # CRLF after a POST body).
             while head.startswith(b"\r\n"):
