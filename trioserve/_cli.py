@@ -7,10 +7,12 @@ once). Every option can also be given as a `TRIOSERVE_*` environment variable.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +46,51 @@ def _parse_specs(values: tuple[str, ...]) -> list[ListenSpec]:
     return [parse_listen(item) for value in values for item in value.split()]
 
 
+# The numeric ServerConfig knobs: (flag, type, help). Each default is ServerConfig's own, and
+# each value goes to the field of the same name, so a new knob is one row here.
+_KNOBS: tuple[tuple[str, Any, str], ...] = (
+    ("--keep-alive-timeout", float, "Seconds an idle keep-alive connection stays open."),
+    ("--header-timeout", float, "Seconds a client has to send a whole request head (408 after)."),
+    ("--body-timeout", float, "Seconds without a body byte while the app waits for one."),
+    ("--write-timeout", float, "Seconds without the client accepting any response byte."),
+    ("--max-header-size", int, "Largest request head in bytes (431 beyond)."),
+    ("--max-header-count", int, "Most header fields in a request (431 beyond)."),
+    ("--max-body-size", int, "Largest request body in bytes (413 beyond). Default: no limit."),
+    (
+        "--limit-concurrency",
+        int,
+        "Requests in progress at most; beyond it 503. Default: no limit.",
+    ),
+    (
+        "--graceful-timeout",
+        float,
+        "Seconds in-flight requests get to finish after SIGTERM/SIGINT.",
+    ),
+    ("--tls-handshake-timeout", float, "Seconds a TLS client has to complete the handshake."),
+    (
+        "--websocket-max-message-size",
+        click.IntRange(min=1),
+        "Largest WebSocket message in bytes; beyond it the connection closes with 1009.",
+    ),
+)
+
+
+def _knob_options(command: Callable[..., None]) -> Callable[..., None]:
+    for flag, kind, text in reversed(_KNOBS):
+        default = getattr(_DEFAULTS, flag[2:].replace("-", "_"))
+        command = click.option(flag, type=kind, default=default, help=text)(command)
+    return command
+
+
+def _config_from(params: dict[str, Any]) -> ServerConfig:
+    """ServerConfig from the CLI's parameters: every one named like a field goes to it."""
+    fields = {field.name for field in dataclasses.fields(ServerConfig)}
+    values = {name: value for name, value in params.items() if name in fields}
+    values["server_header"] = "trioserve" if params["server_header"] else None
+    values["forwarded_allow_ips"] = tuple(params["forwarded_allow_ips"].split(","))
+    return ServerConfig(**values)
+
+
 @click.command(context_settings={"auto_envvar_prefix": "TRIOSERVE", "show_default": True})
 @click.argument("app", envvar="TRIOSERVE_APP")
 @click.option(
@@ -66,60 +113,7 @@ def _parse_specs(values: tuple[str, ...]) -> list[ListenSpec]:
     help="Run the app's lifespan startup/shutdown (auto: if it supports it).",
 )
 @click.option("--root-path", default=_DEFAULTS.root_path, help="ASGI root_path for the app.")
-@click.option(
-    "--keep-alive-timeout",
-    type=float,
-    default=_DEFAULTS.keep_alive_timeout,
-    help="Seconds an idle keep-alive connection stays open.",
-)
-@click.option(
-    "--header-timeout",
-    type=float,
-    default=_DEFAULTS.header_timeout,
-    help="Seconds a client has to send a whole request head (408 after).",
-)
-@click.option(
-    "--body-timeout",
-    type=float,
-    default=_DEFAULTS.body_timeout,
-    help="Seconds without a body byte while the app waits for one.",
-)
-@click.option(
-    "--write-timeout",
-    type=float,
-    default=_DEFAULTS.write_timeout,
-    help="Seconds without the client accepting any response byte.",
-)
-@click.option(
-    "--max-header-size",
-    type=int,
-    default=_DEFAULTS.max_header_size,
-    help="Largest request head in bytes (431 beyond).",
-)
-@click.option(
-    "--max-header-count",
-    type=int,
-    default=_DEFAULTS.max_header_count,
-    help="Most header fields in a request (431 beyond).",
-)
-@click.option(
-    "--max-body-size",
-    type=int,
-    default=None,
-    help="Largest request body in bytes (413 beyond). Default: no limit.",
-)
-@click.option(
-    "--limit-concurrency",
-    type=int,
-    default=None,
-    help="Requests in progress at most; beyond it 503. Default: no limit.",
-)
-@click.option(
-    "--graceful-timeout",
-    type=float,
-    default=_DEFAULTS.graceful_timeout,
-    help="Seconds in-flight requests get to finish after SIGTERM/SIGINT.",
-)
+@_knob_options
 @click.option(
     "--server-header/--no-server-header",
     default=True,
@@ -163,18 +157,6 @@ def _parse_specs(values: tuple[str, ...]) -> list[ListenSpec]:
     type=click.Choice(["none", "optional", "required"]),
     default=_DEFAULTS.tls_client_cert,
     help="Ask TLS clients for a certificate (needs --ca-certs).",
-)
-@click.option(
-    "--tls-handshake-timeout",
-    type=float,
-    default=_DEFAULTS.tls_handshake_timeout,
-    help="Seconds a TLS client has to complete the handshake.",
-)
-@click.option(
-    "--websocket-max-message-size",
-    type=click.IntRange(min=1),
-    default=_DEFAULTS.websocket_max_message_size,
-    help="Largest WebSocket message in bytes; beyond it the connection closes with 1009.",
 )
 @click.option(
     "--websocket-per-message-deflate/--no-websocket-per-message-deflate",
@@ -224,67 +206,21 @@ def cli(
     listen: tuple[str, ...],
     factory: bool,
     app_dir: str,
-    lifespan: Any,
-    root_path: str,
-    keep_alive_timeout: float,
-    header_timeout: float,
-    body_timeout: float,
-    write_timeout: float,
-    max_header_size: int,
-    max_header_count: int,
-    max_body_size: int | None,
-    limit_concurrency: int | None,
-    graceful_timeout: float,
-    server_header: bool,
-    access_log: bool,
-    proxy_headers: bool,
-    forwarded_allow_ips: str,
-    certfile: str | None,
-    keyfile: str | None,
-    ca_certs: str | None,
-    tls_client_cert: Any,
-    tls_handshake_timeout: float,
-    websocket_max_message_size: int,
-    websocket_per_message_deflate: bool,
     workers: int | None,
     reload: bool,
     reload_dirs: tuple[str, ...],
-    max_requests: int | None,
     max_requests_jitter: int,
     log_level: str,
+    **params: Any,
 ) -> None:
     """Serve the ASGI application APP (module:attribute) over HTTP/1.1.
 
     Try: trioserve trioserve.demo:app --listen 127.0.0.1:8000
     """
-    _configure_logging(log_level, access_log)
+    _configure_logging(log_level, params["access_log"])
     try:
         specs = _parse_specs(listen)
-        config = ServerConfig(
-            keep_alive_timeout=keep_alive_timeout,
-            header_timeout=header_timeout,
-            body_timeout=body_timeout,
-            write_timeout=write_timeout,
-            max_header_size=max_header_size,
-            max_header_count=max_header_count,
-            max_body_size=max_body_size,
-            limit_concurrency=limit_concurrency,
-            root_path=root_path,
-            lifespan=lifespan,
-            server_header="trioserve" if server_header else None,
-            graceful_timeout=graceful_timeout,
-            access_log=access_log,
-            max_requests=max_requests,
-            proxy_headers=proxy_headers,
-            forwarded_allow_ips=tuple(forwarded_allow_ips.split(",")),
-            certfile=certfile,
-            keyfile=keyfile,
-            ca_certs=ca_certs,
-            tls_client_cert=tls_client_cert,
-            tls_handshake_timeout=tls_handshake_timeout,
-            websocket_max_message_size=websocket_max_message_size,
-            websocket_per_message_deflate=websocket_per_message_deflate,
-        )
+        config = _config_from(params)
         # Loaded before anything listens: a missing or bad certificate is one line, exit 2.
         # (Supervised workers load their own; this checks the files first.)
         tls = TLSContext(config) if any(spec.tls for spec in specs) else None
