@@ -4,8 +4,9 @@
 client sends no faster than the app consumes. Once the body is consumed, `receive()` reads
 ahead (keeping what it gets for the next pipelined request) until the client leaves or the
 response is complete, then returns `http.disconnect`. `send()` hands messages to the core and
-writes what it returns; on a connection the client has left it raises `ClientDisconnected`, an
-`OSError`, as ASGI spec 2.4 asks.
+writes what it returns (a chunk with more to come may wait for the app's task to yield, see
+_flush.py); on a connection the client has left it raises `ClientDisconnected`, an `OSError`,
+as ASGI spec 2.4 asks.
 """
 
 from __future__ import annotations
@@ -129,7 +130,10 @@ class Exchange:
         except ASGIError as exc:
             self.error = exc
             raise
-        if data and not await conn.write(data):
+        if core.response_complete:
+            if data and not await conn.write(data):
+                raise ClientDisconnected("the client is gone")
+            if self._watchers:
+                self._wake_watchers()
+        elif data and not await conn.write_soon(data):
             raise ClientDisconnected("the client is gone")
-        if self._watchers and core.response_complete:
-            self._wake_watchers()

@@ -142,6 +142,7 @@ class _Server:
                     await self._serve(outer, lifespan, task_status)
             finally:
                 lifespan.close()
+                self.ctx.flusher.close()
                 outer.cancel_scope.cancel()
         if failure is not None:
             # Raised out here, not inside the nursery, so callers get it bare, not in a group.
