@@ -9,7 +9,8 @@ of the response. `send()` on a connection the client has left raises `ClientDisc
 `OSError`, as ASGI spec 2.4 asks.
 
 Reads and writes are plain non-blocking calls on the stream's fd; only a call that would block
-waits, under a cancel scope with its deadline (head, body, write). Idle keep-alive waits have no
+waits, under a cancel scope with its deadline (head, body, write). Writes, and streamed chunks
+kept until the app's task yields, are _writer.py's. Idle keep-alive waits have no
 scope at all (a scope with a deadline costs 15-20 us per request here): one reaper task per
 context wakes them at their deadline, or all at once when the drain starts.
 """
@@ -27,9 +28,9 @@ import trio
 from ._asgi_types import ASGIApp
 from ._config import ServerConfig
 from ._exchange import ClientDisconnected, Exchange, peer_name
-from ._flush import KEEP_LIMIT, Flusher
 from ._protocol import CLOSED, NEED_DATA, HTTPCore, HTTPError, Phase
 from ._websocket import is_websocket_request, serve_websocket
+from ._writer import Flusher, Writer
 
 __all__ = ["ClientDisconnected", "ConnectionContext", "serve_connection"]
 
@@ -62,7 +63,7 @@ class ConnectionContext:
     # connection of a context has the same timeout, so insertion order is deadline order.
     _idle: dict[_Connection, float] = field(default_factory=dict, init=False, repr=False)
     _reaper: bool = field(default=False, init=False, repr=False)
-    # Writes streamed chunks once their connection's task yields (see _flush.py).
+    # Writes streamed chunks once their connection's task yields (see _writer.py).
     flusher: Flusher = field(default_factory=Flusher, init=False, repr=False)
 
 
@@ -99,7 +100,7 @@ async def serve_connection(
         # Our own bug: lose this connection, not the server.
         error_log.exception("internal error on the connection from %s", peer_name(client))
     finally:
-        connection.drop_writes()
+        connection.writer.drop()
         raw.detach()
         await trio.aclose_forcefully(stream)
 
@@ -144,22 +145,20 @@ def _reap(connection: _Connection) -> None:
 class _Connection:
     __slots__ = (
         "_head_deadline",
-        "_kept",
-        "_kept_size",
         "_read_free",
         "_reading",
         "_reaped",
-        "_rest",
-        "_writing",
         "_yielded",
         "aborted",
-        "broken",
         "client",
         "config",
         "core",
         "ctx",
         "raw",
         "stream",
+        "write",
+        "write_soon",
+        "writer",
     )
 
     def __init__(
@@ -182,15 +181,22 @@ class _Connection:
         self.core = HTTPCore(
             ctx.config, client=client, server=server, state=ctx.state, listener=listener, tls=tls
         )
-        self.broken = False  # the write side is gone: nothing more can reach the client
         self.aborted = False  # we answered for the app (408, 413, bad body): it is cut off
         self._head_deadline: float | None = None
         self._reading = False
-        self._writing = False
         self._read_free: trio.Event | None = None
-        self._kept: list[bytes] | None = None  # see write_soon
-        self._kept_size = 0
-        self._rest: trio.Event | None = None  # set when the flusher's unfinished write ends
+        self.writer = writer = Writer(raw, ctx.flusher, ctx.config.write_timeout, client)
+        self.write = writer.write
+        self.write_soon = writer.write_soon
+
+    @property
+    def broken(self) -> bool:
+        """The write side is gone: nothing more can reach the client."""
+        return self.writer.broken
+
+    @broken.setter
+    def broken(self, value: bool) -> None:
+        self.writer.broken = value
 
     # -- the request loop ---------------------------------------------------------------------
 
@@ -317,125 +323,6 @@ class _Connection:
                 return b""
             self._yielded = True
 
-    async def write(self, data: bytes) -> bool:
-        """Write `data` (after what was kept) within the write timeout; False if it cannot be.
-
-        The first attempt is a plain non-blocking send, which takes all of a response
-        smaller than the socket buffer: no cancel scope and no trip through the scheduler.
-        Only a full buffer makes us wait, under the write timeout.
-        """
-        if self._rest is not None:  # the flusher's write is still going out: keep the order
-            await self._rest.wait()
-        if self.broken:
-            return False
-        if self._writing:
-            raise trio.BusyResourceError("two tasks are sending on one HTTP connection")
-        kept = self._kept
-        if kept is not None:
-            kept.append(data)
-            data = b"".join(kept)
-            self._kept = None
-            self._kept_size = 0
-        try:
-            sent = self.raw.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.broken = True
-            return False
-        if sent == len(data):
-            return True
-        self._writing = True
-        try:
-            return await self._write_blocked(data, sent)
-        finally:
-            self._writing = False
-
-    async def write_soon(self, data: bytes) -> bool:
-        """Write `data`, or keep it to go out with what follows before the app's task yields.
-
-        For response bytes with more to come (see _flush.py). Up to KEEP_LIMIT is kept; past
-        that, or while the flusher's own write waits, this is `write()` with its backpressure.
-        """
-        if self._rest is None and not self.broken and not self._writing:
-            size = self._kept_size + len(data)
-            if size <= KEEP_LIMIT:
-                if self._kept is None:
-                    self._kept = [data]
-                    self.ctx.flusher.add(self)
-                else:
-                    self._kept.append(data)
-                self._kept_size = size
-                return True
-        return await self.write(data)
-
-    def flush_kept(self) -> None:
-        """Write what was kept, from the flusher: at once, or in a task of its own if it waits."""
-        kept = self._kept
-        if kept is None:
-            return
-        self._kept = None
-        self._kept_size = 0
-        if self.broken:
-            return
-        data = b"".join(kept)
-        try:
-            sent = self.raw.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.broken = True
-            return
-        if sent < len(data):
-            # A client reading slower than the app writes: the rest waits for room, and the
-            # app's next write waits for it (`_rest`), as it would have waited itself.
-            self._rest = trio.Event()
-            self._writing = True
-            trio.lowlevel.spawn_system_task(
-                self._write_rest, data, sent, name="trioserve streamed write"
-            )
-
-    async def _write_rest(self, data: bytes, sent: int) -> None:
-        try:
-            if self.raw.fileno() < 0:  # the connection closed before this task first ran
-                self.broken = True
-            else:
-                await self._write_blocked(data, sent)
-        except Exception:  # a system task must not raise
-            self.broken = True
-            error_log.exception("internal error writing a streamed response")
-        finally:
-            self._writing = False
-            rest, self._rest = self._rest, None
-            if rest is not None:
-                rest.set()
-
-    async def _write_blocked(self, data: bytes, sent: int) -> bool:
-        """Write `data` from `sent` on, waiting for room under the write timeout."""
-        raw = self.raw
-        try:
-            view = memoryview(data)
-            with trio.move_on_after(self.config.write_timeout):
-                while True:
-                    await trio.lowlevel.wait_writable(raw)
-                    try:
-                        sent += raw.send(view[sent:])
-                    except BlockingIOError:
-                        continue
-                    if sent == len(view):
-                        return True
-            error_log.debug("write timeout on the connection from %s", peer_name(self.client))
-        except (OSError, trio.ClosedResourceError):
-            pass
-        self.broken = True
-        return False
-
-    def drop_writes(self) -> None:
-        """The connection is closing: forget kept bytes and wake the flusher's write, if any."""
-        self._kept = None
-        if self._rest is not None:
-            trio.lowlevel.notify_closing(self.raw)
-
     async def _refuse(
         self, status: int, detail: str, scope: dict[str, Any] | None = None, start: float = 0.0
     ) -> None:
@@ -533,8 +420,7 @@ class _Connection:
         elif core.response_started:
             # Part of the response is on the wire: closing without its end is the only way
             # left to tell the client it is incomplete. What the app sent goes out first.
-            if self._kept is not None:
-                await self.write(b"")
+            await self.writer.flush()
             return False
         else:
             await self.write(core.error_response(500, time.time()))
