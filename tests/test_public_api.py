@@ -68,3 +68,15 @@ def test_the_protocol_core_never_imports_trio() -> None:
     package = pathlib.Path(trioserve.__file__).parent
     text = (package / "_protocol.py").read_text()
     assert "import trio" not in text and "from trio" not in text
+
+
+def test_starting_the_cli_imports_neither_wsproto_nor_h11() -> None:
+    """They load with the first WebSocket: a fifth of the import time most servers never need."""
+    import subprocess
+    import sys
+
+    check = "import sys, trioserve._cli; print(sorted({'wsproto', 'h11'} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout.strip() == "[]"

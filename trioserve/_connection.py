@@ -29,7 +29,6 @@ from ._asgi_types import ASGIApp
 from ._config import ServerConfig
 from ._exchange import ClientDisconnected, Exchange, peer_name
 from ._protocol import CLOSED, NEED_DATA, HTTPCore, HTTPError, Phase
-from ._websocket import is_websocket_request, serve_websocket
 from ._writer import Flusher, Writer
 
 __all__ = ["ClientDisconnected", "ConnectionContext", "serve_connection"]
@@ -210,7 +209,11 @@ class _Connection:
                     # Pipelined requests read without waiting: let other connections run.
                     await trio.lowlevel.checkpoint()
                 self._yielded = False
-                if core.upgrade and is_websocket_request(event["headers"]):
+                if core.upgrade and _is_websocket_request(event["headers"]):
+                    # Imported on first use: wsproto (and the h11 it imports) is a fifth of
+                    # our import time, and most servers never see a WebSocket.
+                    from ._websocket import serve_websocket
+
                     await serve_websocket(self, event)
                     return
                 if not await self._exchange(event):
@@ -463,6 +466,10 @@ class _Connection:
             if self._read_free is not None:
                 self._read_free.set()
                 self._read_free = None
+
+
+def _is_websocket_request(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(n == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers)
 
 
 def _target(scope: dict[str, Any]) -> str:

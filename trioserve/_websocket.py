@@ -37,7 +37,7 @@ from ._exchange import peer_name
 if TYPE_CHECKING:
     from ._connection import _Connection
 
-__all__ = ["is_websocket_request", "serve_websocket"]
+__all__ = ["serve_websocket"]
 
 access_log: Final = logging.getLogger("trioserve.access")
 error_log: Final = logging.getLogger("trioserve.error")
@@ -47,10 +47,6 @@ _QUEUE: Final = 4
 # After our close frame, how long we wait for the client's (RFC 6455 7.1.1: the server
 # should close the TCP connection only after that).
 _CLOSE_WAIT_SECONDS: Final = 2.0
-
-
-def is_websocket_request(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(n == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers)
 
 
 async def serve_websocket(conn: _Connection, scope: dict[str, Any]) -> None:
