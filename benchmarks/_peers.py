@@ -9,6 +9,10 @@ Every server runs as one process with one worker (granian forks its one worker; 
 the process tree), logs at warning level with access logs off, keeps idle connections for 300 s
 (so the memory scenario measures connections, not a keep-alive timeout) and otherwise runs with
 its defaults.
+
+`trio-limit` is not a server but a reference: `trio_limit.py`, trio's streams answering every
+request head with trioserve's hello-world bytes, without parsing HTTP or running an app. It only
+stands in for `apps:hello` under load, so it is measured in the hello load scenarios only.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ PINS = (
 OPTIONAL_PINS = ("granian==2.8.7",)
 KEEP_ALIVE = "300"
 _STAMP = "bench-stamp.json"
+_BENCH_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,16 @@ class Server:
     package: str  # the distribution whose version the report shows
     argv: Callable[[Path, str, int], list[str]]  # (venv bin dir, "apps:NAME", port) -> argv
     notify: bool = False  # readiness through NOTIFY_SOCKET, listening on port 0
+    # What it can serve: scenario kinds (`load`, `memory`, ...) and apps (`hello`, ...); None is
+    # every one. run.py leaves a server out of any scenario it cannot serve.
+    kinds: tuple[str, ...] | None = None
+    apps: tuple[str, ...] | None = None
+
+    def serves(self, kind: str, app: str) -> bool:
+        """Whether a scenario of this kind, serving this app, can be run against it."""
+        return (self.kinds is None or kind in self.kinds) and (
+            self.apps is None or app in self.apps
+        )
 
 
 def _trioserve(bin_dir: Path, app: str, port: int) -> list[str]:
@@ -132,6 +147,11 @@ def _granian(bin_dir: Path, app: str, port: int) -> list[str]:
     ]
 
 
+def _trio_limit(bin_dir: Path, app: str, port: int) -> list[str]:
+    # Not a server: trio's streams with a canned reply, the ceiling for any server on them.
+    return [str(bin_dir / "python"), str(_BENCH_DIR / "trio_limit.py"), app, str(port)]
+
+
 SERVERS = {
     server.name: server
     for server in (
@@ -145,6 +165,14 @@ SERVERS = {
             _uvicorn("httptools", "uvloop"),
         ),
         Server("granian", "granian", "granian", _granian),
+        Server(
+            "trio-limit",
+            "trio limit (canned reply, no HTTP, no ASGI)",
+            "trio",
+            _trio_limit,
+            kinds=("load",),
+            apps=("hello",),
+        ),
     )
 }
 

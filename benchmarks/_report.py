@@ -3,6 +3,10 @@
 Ratios are always trioserve against a peer from the same run, written `trioserve ÷ peer`:
 for throughput above 1.00x means trioserve is faster; for latency, CPU, memory and times (where
 less is better) below 1.00x means trioserve is better. Each table says which way it reads.
+
+`trio-limit` is a reference rather than a peer: trio's streams with a canned reply (see
+`trio_limit.py`), measured in the hello load scenarios only. Its column and its own section say
+how close trioserve gets to that line; issue 7's targets are never checked against it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from _scenarios import SCENARIOS, Measurement, Scenario
 __all__ = ["render"]
 
 SUBJECT = "trioserve"
+LIMIT = "trio-limit"  # the reference: no HTTP, no ASGI, not a peer
 
 Table = dict[str, Measurement]
 _LABELS = {
@@ -124,6 +129,39 @@ def _ratio_matrix(results: dict[str, Table], peers: Sequence[str]) -> str:
     return _table(header, rows)
 
 
+def _limit_table(results: dict[str, Table]) -> str | None:
+    """trioserve against the trio limit, in each scenario that measured both; None if none."""
+    rows = []
+    for name, table in results.items():
+        ours, limit = table.get(SUBJECT), table.get(LIMIT)
+        if ours is None or limit is None or not ours.values or not limit.values:
+            continue
+        mine, ceiling = ours.values, limit.values
+        rows.append(
+            [
+                name,
+                _num(mine["rps"]),
+                _num(ceiling["rps"]),
+                _ratio(mine["rps"], ceiling["rps"]),
+                _num(mine["cpu_us"], 1),
+                _num(ceiling["cpu_us"], 1),
+                _num(mine["cpu_us"] - ceiling["cpu_us"], 1),
+            ]
+        )
+    if not rows:
+        return None
+    header = [
+        "scenario",
+        "trioserve req/s",
+        "trio limit req/s",
+        "trioserve ÷ limit",
+        "trioserve CPU us/req",
+        "trio limit CPU us/req",
+        "difference us/req",
+    ]
+    return _table(header, rows)
+
+
 def _targets(results: dict[str, Table]) -> str:
     """Issue 7's targets for the default install, each checked against this run."""
 
@@ -201,14 +239,32 @@ def render(
     peers = [server for server in servers if server != SUBJECT]
     has_subject = any(SUBJECT in table and table[SUBJECT].values for table in results.values())
     if has_subject and peers:
-        parts += [
-            "## Ratios: trioserve ÷ peer, same run",
+        explained = (
             "req/s above 1.00x: trioserve is faster. p99, CPU/req, KiB/conn and seconds "
-            "below 1.00x: trioserve is better.",
-            _ratio_matrix(results, peers),
-            "## Issue 7's targets, checked against this run",
-            _targets(results),
-        ]
+            "below 1.00x: trioserve is better."
+        )
+        if LIMIT in peers:
+            explained += (
+                f" The {_title(LIMIT)} column is not a peer but a reference, measured for "
+                "hello world only: its req/s ratio is how close trioserve gets to the trio limit."
+            )
+        parts += ["## Ratios: trioserve ÷ peer, same run", explained]
+        parts.append(_ratio_matrix(results, peers))
+        limit = _limit_table(results)
+        if limit is not None:
+            parts += [
+                "## How close trioserve gets to the trio limit",
+                "The trio limit is trio's streams (`SocketStream.receive_some` and `send_all`) "
+                "answering each request head with the same bytes trioserve sends for hello "
+                "world, with no HTTP parser and no ASGI: the ceiling for any HTTP server written "
+                "on trio's streams on this machine. trioserve reads and writes its sockets with "
+                "trio's low-level calls, which skip the scheduler pass the streams take after "
+                "each successful read and write, so this line is not a strict ceiling for "
+                "trioserve itself, and the gap to it understates what HTTP and ASGI cost. "
+                "The last column is trioserve's CPU per request less the limit's.",
+                limit,
+            ]
+        parts += ["## Issue 7's targets, checked against this run", _targets(results)]
     elif not has_subject:
         parts.append("trioserve was not measured in this run, so there are no ratios.")
     return "\n\n".join(parts) + "\n"

@@ -6,7 +6,9 @@ Runs in the peers' virtual environment, which has matplotlib (run.py calls it th
 
 Each panel shows one metric for every server measured in that scenario; trioserve's bar is
 drawn in a different colour, each peer's bar is labelled with trioserve's ratio to it, and a
-load run that shared a core with other work (see run.py's "other load") is hatched.
+load run that shared a core with other work (see run.py's "other load") is hatched. The trio
+limit (trio_limit.py, measured in the hello-world load scenarios only) is not a server: it is
+drawn as a dashed line across its panel, labelled with its req/s and trioserve's ratio to it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ _METRIC = {
     "sigterm": ("seconds", "seconds from SIGTERM to exit", False),
 }
 _SUBJECT = "trioserve"
+_LIMIT = "trio-limit"  # a reference line, not a bar
+_LIMIT_COLOUR = "#2b8a3e"
 _SHARED = 5.0  # other load (percent of a core) above which run.py flags a load run
 
 
@@ -42,7 +46,9 @@ def draw(data: dict[str, Any], out: Path) -> None:
         ax.set_visible(False)
     for ax, scenario in zip(axes.flat, scenarios, strict=False):
         key, label, higher_better = _METRIC[scenario["kind"]]
-        measured = scenario["measurements"]
+        measured = [m for m in scenario["measurements"] if m["server"] != _LIMIT]
+        reference = next((m for m in scenario["measurements"] if m["server"] == _LIMIT), None)
+        limit = reference["values"].get(key) if reference else None
         names = [m["title"] for m in measured]
         values = [m["values"].get(key, 0.0) for m in measured]
         colours = ["#d9480f" if m["server"] == _SUBJECT else "#748ffc" for m in measured]
@@ -71,10 +77,33 @@ def draw(data: dict[str, Any], out: Path) -> None:
                 va="center",
                 fontsize=7,
             )
-        ax.set_xlim(0, max(values, default=0) * 1.6 or 1)
+        ax.set_xlim(0, max([*values, limit or 0.0]) * 1.6 or 1)
+        if reference is not None:
+            _draw_limit(ax, limit, reference["note"], len(measured), ours)
     fig.suptitle(data["title"], fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
+
+
+def _draw_limit(ax: Any, limit: float | None, note: str, bars: int, ours: float | None) -> None:
+    """The trio limit as a dashed line over the bars, labelled in an empty row of its own."""
+    # Bars sit at y = 0 .. bars-1, the first at the top (the axis is inverted): one more row
+    # above them, at y = -1, holds the label so that it covers no bar and no bar's label.
+    ax.set_ylim(bars - 0.5, -1.6)
+    if not bars:
+        ax.set_yticks([])  # only the line: no server was measured beside it
+    style = {"va": "center", "fontsize": 7, "color": _LIMIT_COLOUR}
+    if not limit:
+        ax.text(0, -1, " trio limit not measured: " + note[:60], ha="left", **style)
+        return
+    ax.axvline(limit, color=_LIMIT_COLOUR, linestyle="--", linewidth=1.2)
+    text = f"trio limit: {limit:,.0f} req/s"
+    if ours is not None:
+        text += f", trioserve at {ours / limit:.2f}x"
+    if limit > ax.get_xlim()[1] / 2:
+        ax.text(limit, -1, f"{text} ", ha="right", **style)
+    else:
+        ax.text(limit, -1, f" {text}", ha="left", **style)
 
 
 def main() -> None:

@@ -253,24 +253,39 @@ def main(argv: list[str]) -> int:
                 servers.remove("trioserve")
         if not servers:
             raise SystemExit("no server to measure")
+        if not any(
+            SERVERS[server].serves(SCENARIOS[name].kind, SCENARIOS[name].app)
+            for server in servers
+            for name in scenarios
+        ):
+            raise SystemExit("none of the selected servers serves any of the selected scenarios")
 
         results: dict[str, dict[str, Measurement]] = {}
         for name in scenarios:
             scenario = SCENARIOS[name]
+            # A reference such as trio-limit serves one app under load only: elsewhere it is
+            # left out, not measured, and the report and chart show nothing for it.
+            serving = [s for s in servers if SERVERS[s].serves(scenario.kind, scenario.app)]
+            if not serving:
+                print(f"== {name}: no selected server serves it, skipped", flush=True)
+                continue
             print(f"== {name}: {scenario.title}", flush=True)
+            for server_name in servers:
+                if server_name not in serving:
+                    print(f"  {server_name}: not measured (it cannot serve {name})", flush=True)
             table = results.setdefault(name, {})
             # Rounds are interleaved (every server once, then again) so that a slow minute of
             # the machine hits every server rather than all rounds of one.
-            rounds: dict[str, list[Measurement]] = {server_name: [] for server_name in servers}
+            rounds: dict[str, list[Measurement]] = {server_name: [] for server_name in serving}
             for _ in range(args.rounds):
-                for server_name in servers:
+                for server_name in serving:
                     measured = bench.measure(scenario, SERVERS[server_name])
                     rounds[server_name].append(measured)
                     if measured.values.get("other_pct", 0.0) > OTHER_LOAD_WARNING:
                         # Something else took a core: once more (the better round counts).
                         print(f"  {server_name}: a core was shared, measuring again", flush=True)
                         rounds[server_name].append(bench.measure(scenario, SERVERS[server_name]))
-            for server_name in servers:
+            for server_name in serving:
                 table[server_name] = _best_round(rounds[server_name], scenario.kind)
                 shown = ", ".join(f"{k}={v:,.4g}" for k, v in table[server_name].values.items())
                 print(f"  {server_name}: {shown or table[server_name].note}", flush=True)
