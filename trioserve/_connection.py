@@ -99,7 +99,7 @@ async def serve_connection(
         # Our own bug: lose this connection, not the server.
         error_log.exception("internal error on the connection from %s", peer_name(client))
     finally:
-        connection.writer.drop()
+        connection.drop()
         raw.detach()
         await trio.aclose_forcefully(stream)
 
@@ -141,7 +141,7 @@ def _reap(connection: _Connection) -> None:
         error_log.exception("internal error closing an idle connection")
 
 
-class _Connection:
+class _Connection(Writer):
     __slots__ = (
         "_head_deadline",
         "_read_free",
@@ -149,15 +149,10 @@ class _Connection:
         "_reaped",
         "_yielded",
         "aborted",
-        "client",
         "config",
         "core",
         "ctx",
-        "raw",
         "stream",
-        "write",
-        "write_soon",
-        "writer",
     )
 
     def __init__(
@@ -170,13 +165,12 @@ class _Connection:
         listener: dict[str, object] | None,
         tls: dict[str, object] | None = None,
     ) -> None:
+        super().__init__(raw, ctx.flusher, ctx.config.write_timeout, client)
         self.stream = stream
-        self.raw = raw
         self._yielded = False
         self._reaped = False
         self.ctx = ctx
         self.config = ctx.config
-        self.client = client
         self.core = HTTPCore(
             ctx.config, client=client, server=server, state=ctx.state, listener=listener, tls=tls
         )
@@ -184,18 +178,6 @@ class _Connection:
         self._head_deadline: float | None = None
         self._reading = False
         self._read_free: trio.Event | None = None
-        self.writer = writer = Writer(raw, ctx.flusher, ctx.config.write_timeout, client)
-        self.write = writer.write
-        self.write_soon = writer.write_soon
-
-    @property
-    def broken(self) -> bool:
-        """The write side is gone: nothing more can reach the client."""
-        return self.writer.broken
-
-    @broken.setter
-    def broken(self, value: bool) -> None:
-        self.writer.broken = value
 
     # -- the request loop ---------------------------------------------------------------------
 
@@ -423,7 +405,7 @@ class _Connection:
         elif core.response_started:
             # Part of the response is on the wire: closing without its end is the only way
             # left to tell the client it is incomplete. What the app sent goes out first.
-            await self.writer.flush()
+            await self.flush()
             return False
         else:
             await self.write(core.error_response(500, time.time()))
