@@ -248,3 +248,23 @@ def test_version() -> None:
     result = run_to_exit(["--version"])
     assert result.returncode == 0
     assert result.stdout.strip() == f"trioserve, version {trioserve.__version__}"
+
+
+def test_websocket_ping_interval_0_turns_pings_off() -> None:
+    from trioserve._cli import _config_from, cli
+
+    def interval(*args: str) -> float | None:
+        with cli.make_context("trioserve", ["trioserve.demo:app", *args]) as ctx:
+            return _config_from(ctx.params).websocket_ping_interval
+
+    assert interval() == 20.0
+    assert interval("--websocket-ping-interval", "0") is None
+    assert interval("--websocket-ping-interval", "2.5") == 2.5
+
+
+def test_a_negative_ping_interval_is_one_line_and_exit_2() -> None:
+    result = run_to_exit(
+        ["trioserve.demo:app", "--listen", "127.0.0.1:0", "--websocket-ping-interval", "-1"]
+    )
+    assert result.returncode == 2
+    assert "websocket_ping_interval" in one_error_line(result.stderr)

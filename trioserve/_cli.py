@@ -72,6 +72,16 @@ _KNOBS: tuple[tuple[str, Any, str], ...] = (
         click.IntRange(min=1),
         "Largest WebSocket message in bytes; beyond it the connection closes with 1009.",
     ),
+    (
+        "--websocket-ping-interval",
+        float,
+        "Seconds between pings on a connected WebSocket; 0 sends none.",
+    ),
+    (
+        "--websocket-ping-timeout",
+        float,
+        "Seconds a WebSocket client has to send anything after a ping (1011 after).",
+    ),
 )
 
 
@@ -88,6 +98,8 @@ def _config_from(params: dict[str, Any]) -> ServerConfig:
     values = {name: value for name, value in params.items() if name in fields}
     values["server_header"] = "trioserve" if params["server_header"] else None
     values["forwarded_allow_ips"] = tuple(params["forwarded_allow_ips"].split(","))
+    if params["websocket_ping_interval"] == 0:
+        values["websocket_ping_interval"] = None
     return ServerConfig(**values)
 
 

@@ -79,6 +79,13 @@ class ServerConfig:
     # permessage-deflate (RFC 7692) when the client offers it: browsers do, and text compresses
     # well; off saves the CPU and the zlib state (about 64 KiB per connection).
     websocket_per_message_deflate: bool = True
+    # 20 s between pings on a connected WebSocket (uvicorn's default); None: no pings. A client
+    # that sends nothing within websocket_ping_timeout of a ping is taken as gone (a half-open
+    # connection: a laptop that lost its network) and closed with 1011, instead of holding a
+    # task, its buffers and an fd for ever. A client that keeps sending is alive by definition,
+    # whether or not the app reads what it sends.
+    websocket_ping_interval: float | None = 20.0
+    websocket_ping_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         allow: object = self.forwarded_allow_ips
@@ -93,6 +100,7 @@ class ServerConfig:
             "body_timeout",
             "write_timeout",
             "tls_handshake_timeout",
+            "websocket_ping_timeout",
         ):
             value = getattr(self, name)
             if not (value > 0 and not math.isnan(value)):
@@ -100,6 +108,12 @@ class ServerConfig:
         if not (self.graceful_timeout >= 0 and not math.isnan(self.graceful_timeout)):
             raise ConfigError(
                 f"graceful_timeout must be zero or more seconds, not {self.graceful_timeout!r}"
+            )
+        interval = self.websocket_ping_interval
+        if interval is not None and not (interval > 0 and not math.isnan(interval)):
+            raise ConfigError(
+                f"websocket_ping_interval must be a positive number of seconds or None, "
+                f"not {interval!r}"
             )
         if self.max_header_size < 1024:
             raise ConfigError(f"max_header_size must be at least 1024, not {self.max_header_size}")

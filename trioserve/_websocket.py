@@ -10,9 +10,10 @@ permessage-deflate.
 One task per connection reads (started by `websocket.accept`): it answers pings, reassembles
 messages up to `websocket_max_message_size` (beyond it: close 1009) and queues them for the
 app's `receive()`, a few at a time, so a client cannot send faster than the app reads. Writes
-(the app's sends, pongs, close frames) share one lock. When the drain starts, a connected
-WebSocket gets a close frame 1001 (going away); the app hears the client's answer as
-``websocket.disconnect``, and the graceful deadline still applies.
+(the app's sends, pongs, close frames) share one lock. A keepalive task pings every
+`websocket_ping_interval` and closes with 1011 a client that then sends nothing. When the
+drain starts, a connected WebSocket gets a close frame 1001 (going away); the app hears the
+client's answer as ``websocket.disconnect``, and the graceful deadline still applies.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ class _WebSocket:
         self.disconnect: dict[str, Any] | None = None  # once the client is gone
         self.nursery: trio.Nursery | None = None
         self.start = trio.current_time()
+        # For the keepalive: reads so far, an event the reader sets on its next read, and
+        # whether the reader is waiting for the app to take a message (the client is alive).
+        self.reads = 0
+        self.read_event: trio.Event | None = None
+        self.delivering = False
 
     async def run(self) -> None:
         ctx = self.conn.ctx
@@ -243,6 +249,8 @@ class _WebSocket:
         self._log(101)
         assert self.nursery is not None
         self.nursery.start_soon(self._read)
+        if self.config.websocket_ping_interval is not None:
+            self.nursery.start_soon(self._keepalive, self.config.websocket_ping_interval)
 
     async def _deny(self, status: int) -> None:
         self.state = "closed"
@@ -301,6 +309,9 @@ class _WebSocket:
         try:
             while self.disconnect is None:
                 data = await self.conn.read_for_app(None)
+                self.reads += 1
+                if self.read_event is not None:
+                    self.read_event.set()
                 ws.receive_data(data or None)
                 for event in ws.events():
                     if isinstance(event, (TextMessage, BytesMessage)):
@@ -322,7 +333,11 @@ class _WebSocket:
                             else:
                                 message["bytes"] = b"".join(parts)
                             parts, size = [], 0
-                            await self.queue_in.send(message)
+                            self.delivering = True
+                            try:
+                                await self.queue_in.send(message)
+                            finally:
+                                self.delivering = False
                     elif isinstance(event, Ping):
                         if ws.state is ConnectionState.OPEN:  # not once a close is sent
                             await self._write(ws.send(event.response()))
@@ -347,6 +362,47 @@ class _WebSocket:
                     return
         except (ClientDisconnected, trio.BrokenResourceError, trio.ClosedResourceError):
             self._gone(CloseReason.ABNORMAL_CLOSURE)
+
+    async def _keepalive(self, interval: float) -> None:
+        """Ping every `interval`; a client that then sends nothing within the timeout is gone.
+
+        Anything the client sends counts, not only the pong, and so does a reader waiting for
+        the app to take a message: that client is sending, the app is just not reading.
+        """
+        ws = self.ws
+        assert ws is not None
+        timeout = self.config.websocket_ping_timeout
+        while True:
+            await trio.sleep(interval)
+            if ws.state is not ConnectionState.OPEN or self.disconnect is not None:
+                return
+            reads = self.reads
+            self.read_event = heard = trio.Event()
+            try:
+                await self._write(ws.send(Ping(b"trioserve")))
+            except ClientDisconnected:
+                return
+            with trio.move_on_after(timeout):
+                await heard.wait()
+            self.read_event = None
+            if self.reads != reads or self.delivering:
+                continue
+            if ws.state is not ConnectionState.OPEN or self.disconnect is not None:
+                return
+            error_log.info(
+                "WebSocket client %s sent nothing in %g s after a ping: closing with 1011",
+                peer_name(self.conn.client),
+                timeout,
+            )
+            # The close frame first: once the app hears of the disconnect it may return, and
+            # that cancels this task.
+            with trio.move_on_after(timeout):  # a gone client may not take the frame either
+                await self._close(CloseReason.INTERNAL_ERROR, "keepalive ping timeout")
+            self._gone(CloseReason.INTERNAL_ERROR, "keepalive ping timeout")
+            # Whatever the close frame met, nothing more is read or written: wake the reader.
+            self.conn.broken = True
+            trio.lowlevel.notify_closing(self.conn.raw)
+            return
 
     def _log(self, status: int) -> None:
         if self.config.access_log:
