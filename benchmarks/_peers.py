@@ -34,6 +34,9 @@ PINS = (
     "trio==0.35.0",
     "h11==0.16.0",
     "matplotlib==3.11.2",
+    # mypyc (and the setuptools it builds with), for trioserve-compiled: see run.py.
+    "mypy==2.4.1",
+    "setuptools==80.9.0",
 )
 # Rust wheels: installed on their own so that a platform without one still gets the rest.
 OPTIONAL_PINS = ("granian==2.8.7",)
@@ -53,6 +56,9 @@ class Server:
     # every one. run.py leaves a server out of any scenario it cannot serve.
     kinds: tuple[str, ...] | None = None
     apps: tuple[str, ...] | None = None
+    # trioserve built with TRIOSERVE_COMPILE=1 (setup.py): the harness builds that core once
+    # per run and puts it first on PYTHONPATH for this server.
+    compiled: bool = False
 
     def serves(self, kind: str, app: str) -> bool:
         """Whether a scenario of this kind, serving this app, can be run against it."""
@@ -156,6 +162,14 @@ SERVERS = {
     server.name: server
     for server in (
         Server("trioserve", "trioserve", "trioserve", _trioserve, notify=True),
+        Server(
+            "trioserve-compiled",
+            "trioserve, compiled core (mypyc)",
+            "trioserve",
+            _trioserve,
+            notify=True,
+            compiled=True,
+        ),
         Server("hypercorn-trio", "hypercorn (trio)", "hypercorn", _hypercorn_trio),
         Server("uvicorn-h11", "uvicorn (h11, asyncio)", "uvicorn", _uvicorn("h11", "asyncio")),
         Server(

@@ -111,13 +111,18 @@ class Bench:
     server_core: int | None
     load_core: int | None
     source: Path | None = None  # a snapshot holding `trioserve/`, imported instead of the tree
+    compiled: Path | None = None  # the same with its HTTP core compiled (trioserve-compiled)
 
     def start(self, server: Server, app: str, *, until_response: bool = False) -> ServerProcess:
         port = 0 if server.notify else free_port()
         env = {
             "PATH": f"{self.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
             # PYTHONPATH comes before the editable install's finder, so a snapshot wins.
-            "PYTHONPATH": ":".join(str(p) for p in (self.source, self.bench_dir) if p),
+            "PYTHONPATH": ":".join(
+                str(p)
+                for p in (self.compiled if server.compiled else self.source, self.bench_dir)
+                if p
+            ),
             "LANG": "C.UTF-8",
         }
         return start_server(

@@ -28,6 +28,7 @@ _METRIC = {
     "sigterm": ("seconds", "seconds from SIGTERM to exit", False),
 }
 _SUBJECT = "trioserve"
+_COLOURS = {_SUBJECT: "#d9480f", "trioserve-compiled": "#f59f00"}  # peers: "#748ffc"
 _LIMIT = "trio-limit"  # a reference line, not a bar
 _LIMIT_COLOUR = "#2b8a3e"
 _SHARED = 5.0  # other load (percent of a core) above which run.py flags a load run
@@ -51,7 +52,7 @@ def draw(data: dict[str, Any], out: Path) -> None:
         limit = reference["values"].get(key) if reference else None
         names = [m["title"] for m in measured]
         values = [m["values"].get(key, 0.0) for m in measured]
-        colours = ["#d9480f" if m["server"] == _SUBJECT else "#748ffc" for m in measured]
+        colours = [_COLOURS.get(m["server"], "#748ffc") for m in measured]
         bars = ax.barh(names, values, color=colours)
         ax.invert_yaxis()
         ax.set_title(f"{scenario['name']}: {scenario['title']}", fontsize=9, loc="left")

@@ -150,6 +150,25 @@ def _snapshot(rev: str, into: Path) -> Path:
     return into
 
 
+def _compile(source: Path | None, into: Path) -> Path:
+    """A copy of `trioserve/` (the snapshot, else the tree) with its HTTP core built by mypyc.
+
+    The same build as `TRIOSERVE_COMPILE=1 pip install .` (setup.py), done in place in a copy.
+    """
+    into.mkdir()
+    shutil.copytree((source or REPO) / "trioserve", into / "trioserve")
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, into / name)
+    subprocess.run(
+        [str(VENV / "bin" / "python"), "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=into,
+        env={**os.environ, "TRIOSERVE_COMPILE": "1"},
+        check=True,
+        capture_output=True,
+    )
+    return into
+
+
 def _probe_trioserve(bench: Bench) -> str:
     """'' if trioserve starts and answers; otherwise why not (it is then left out)."""
     try:
@@ -245,6 +264,14 @@ def main(argv: list[str]) -> int:
             load_core=load_core,
             source=_snapshot(args.rev, Path(log_dir) / "src") if args.rev else None,
         )
+        if "trioserve-compiled" in servers:
+            try:
+                bench.compiled = _compile(bench.source, Path(log_dir) / "compiled")
+            except subprocess.CalledProcessError as exc:
+                why = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
+                print(f"could not build trioserve-compiled, left out: {why}", file=sys.stderr)
+                notes.append("trioserve-compiled could not be built (mypyc); left out.")
+                servers.remove("trioserve-compiled")
         if "trioserve" in servers:
             why = _probe_trioserve(bench)
             if why:
