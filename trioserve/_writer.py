@@ -143,15 +143,11 @@ class Writer:
             data = b"".join(kept)
             self._kept = None
             self._kept_size = 0
-        try:
-            sent = self.raw.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.broken = True
-            return False
+        sent = self._send_now(data)
         if sent == len(data):
             return True
+        if sent < 0:
+            return False
         self._writing = True
         try:
             return await self._write_blocked(data, sent)
@@ -186,14 +182,8 @@ class Writer:
         if self.broken:
             return
         data = b"".join(kept)
-        try:
-            sent = self.raw.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.broken = True
-            return
-        if sent < len(data):
+        sent = self._send_now(data)
+        if 0 <= sent < len(data):
             # A client reading slower than the app writes: the rest waits for room, and the
             # app's next write waits for it (`_rest`), as it would have waited itself.
             self._rest = trio.Event()
@@ -201,6 +191,16 @@ class Writer:
             trio.lowlevel.spawn_system_task(
                 self._write_rest, data, sent, name="trioserve streamed write"
             )
+
+    def _send_now(self, data: bytes) -> int:
+        """One non-blocking send: the bytes it took (0: none fit); -1, and broken, if gone."""
+        try:
+            return self.raw.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.broken = True
+            return -1
 
     async def _write_rest(self, data: bytes, sent: int) -> None:
         try:
