@@ -5,7 +5,7 @@ client sends no faster than the app consumes. Once the body is consumed, `receiv
 ahead (keeping what it gets for the next pipelined request) until the client leaves or the
 response is complete, then returns `http.disconnect`. `send()` hands messages to the core and
 writes what it returns (a chunk with more to come may wait for the app's task to yield, see
-_flush.py); on a connection the client has left it raises `ClientDisconnected`, an `OSError`,
+_writer.py); on a connection the client has left it raises `ClientDisconnected`, an `OSError`,
 as ASGI spec 2.4 asks.
 """
 
