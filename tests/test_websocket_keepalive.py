@@ -1,14 +1,18 @@
-"""WebSocket keepalive: the server pings, and a client that then sends nothing is closed.
+"""A WebSocket's lifetime: keepalive pings, and what it counts as while it is open.
 
-serve() on a real socket in virtual time (autojump_clock: the clock jumps when every task is
-blocked, so minutes of pings take none), with wsproto as the client's frame codec.
+The server pings, and a client that then sends nothing is closed; an open WebSocket is a
+request in progress for --limit-concurrency and a request for --max-requests. serve() on a real
+socket, mostly in virtual time (autojump_clock: the clock jumps when every task is blocked, so
+minutes of pings take none), with wsproto as the client's frame codec.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +28,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from trioserve import ConfigError, ServerConfig
+from trioserve import ConfigError, Notifier, ServerConfig
 from trioserve._asgi_types import ASGIReceive, ASGISend, Scope
 from trioserve._serve import serve
 
@@ -35,7 +39,11 @@ CLIENTS: list[Client] = []  # closed when the server block ends
 
 
 async def echo(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
-    """Echo text; a message "wait N" makes the app stop reading for N seconds first."""
+    """Echo text; `?N` makes the app read nothing for N seconds first. HTTP gets "hello"."""
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hello"})
+        return
     assert (await receive())["type"] == "websocket.connect"
     await send({"type": "websocket.accept"})
     pause = float(scope["query_string"] or b"0")
@@ -50,12 +58,14 @@ async def echo(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
 
 
 @asynccontextmanager
-async def serving(**settings: Any) -> AsyncIterator[int]:
+async def serving(notifier: Notifier | None = None, **settings: Any) -> AsyncIterator[int]:
     config = ServerConfig(access_log=False, lifespan="off", **settings)
     HEARD.clear()
     with trio.fail_after(5000):  # virtual seconds: an hour of quiet plus a margin
         async with trio.open_nursery() as nursery:
-            (listener,) = await nursery.start(partial(serve, echo, ["127.0.0.1:0"], config=config))
+            (listener,) = await nursery.start(
+                partial(serve, echo, ["127.0.0.1:0"], config=config, notifier=notifier)
+            )
             try:
                 yield listener.address[1]
             finally:
@@ -171,3 +181,54 @@ async def test_no_pings_when_turned_off(autojump_clock: Clock) -> None:
 def test_ping_interval_must_be_positive_or_none(interval: float) -> None:
     with pytest.raises(ConfigError, match="websocket_ping_interval"):
         ServerConfig(websocket_ping_interval=interval)
+
+
+async def http_status(port: int) -> int:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while b"\r\n" not in head:
+            data = await stream.receive_some()
+            assert data, head
+            head += data
+    return int(head.split()[1])
+
+
+async def test_an_open_websocket_counts_against_limit_concurrency() -> None:
+    with trio.fail_after(10):
+        await _limit_concurrency()
+
+
+async def _limit_concurrency() -> None:
+    async with serving(limit_concurrency=1) as port:
+        client = await Client.connect(port)  # accepted; the app waits in receive()
+        assert await http_status(port) == 503
+        refused = await trio.open_tcp_stream("127.0.0.1", port)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await refused.send_all(ws.send(Request(host="x", target="/")))
+        assert (await refused.receive_some()).startswith(b"HTTP/1.1 503 ")
+        await refused.aclose()
+        await client.stream.send_all(client.ws.send(CloseConnection(code=1000)))
+        while await client.read():  # the server answers the close, then closes
+            pass
+        await trio.testing.wait_all_tasks_blocked()
+        assert await http_status(port) == 200  # the WebSocket is over: room again
+
+
+async def test_websockets_count_towards_max_requests(tmp_path: Path) -> None:
+    address = str(tmp_path / "notify.sock")
+    receiver = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    await receiver.bind(address)
+    notifier = Notifier(address)
+    try:
+        with trio.fail_after(10):
+            async with serving(notifier, max_requests=2) as port:
+                assert (await receiver.recv(4096)).startswith(b"READY=1")
+                await Client.connect(port)
+                assert await http_status(port) == 200  # the second request of the two
+                recycle = await receiver.recv(4096)
+    finally:
+        notifier.close()
+        receiver.close()
+    assert b"TRIOSERVE_RECYCLE=1" in recycle

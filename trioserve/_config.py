@@ -40,7 +40,8 @@ class ServerConfig:
     max_header_count: int = 100
     # None: no limit on request bodies (the app decides); set it when nothing upstream does.
     max_body_size: int | None = None
-    # None: unbounded. Requests beyond this many in progress get 503 at once.
+    # None: unbounded. Requests beyond this many in progress get 503 at once; an open WebSocket
+    # is a request in progress.
     limit_concurrency: int | None = None
     # ASGI root_path, for apps mounted below a prefix by a proxy.
     root_path: str = ""
@@ -51,8 +52,9 @@ class ServerConfig:
     graceful_timeout: float = 30.0
     access_log: bool = True
     # None: serve for ever. Under the supervisor (--workers), a worker that has started this
-    # many requests asks to be replaced (sd_notify TRIOSERVE_RECYCLE=1), which the supervisor
-    # does without dropping a connection: a bound on slow leaks in long-running apps.
+    # many requests (WebSockets included) asks to be replaced (sd_notify TRIOSERVE_RECYCLE=1),
+    # which the supervisor does without dropping a connection: a bound on slow leaks in
+    # long-running apps.
     max_requests: int | None = None
     # Off: the client, scheme and host are the socket's. On: Forwarded / X-Forwarded-* from a
     # peer in forwarded_allow_ips set them (docs/proxy.md).

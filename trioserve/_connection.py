@@ -196,7 +196,14 @@ class _Connection(Writer):
                     # our import time, and most servers never see a WebSocket.
                     from ._websocket import serve_websocket
 
-                    await serve_websocket(self, event)
+                    if await self._over_limit(event):
+                        return
+                    # A WebSocket is a request in progress for as long as it is open.
+                    self.ctx.in_flight += 1
+                    try:
+                        await serve_websocket(self, event)
+                    finally:
+                        self.ctx.in_flight -= 1
                     return
                 if not await self._exchange(event):
                     return
@@ -342,10 +349,7 @@ class _Connection(Writer):
         core = self.core
         log = self.config.access_log
         start = trio.current_time() if log else 0.0
-        limit = self.config.limit_concurrency
-        if limit is not None and ctx.in_flight >= limit:
-            error_log.debug("concurrency limit: 503 to %s", peer_name(self.client))
-            await self._refuse(503, "too many requests in progress", scope, start)
+        if await self._over_limit(scope, start):
             return False
         exchange = Exchange(self)
         ctx.in_flight += 1
@@ -392,6 +396,15 @@ class _Connection(Writer):
             return True
         await self.finish()
         return False
+
+    async def _over_limit(self, scope: dict[str, Any], start: float = 0.0) -> bool:
+        """At limit_concurrency, answer 503 (and close): True if the request was refused."""
+        limit = self.config.limit_concurrency
+        if limit is None or self.ctx.in_flight < limit:
+            return False
+        error_log.debug("concurrency limit: 503 to %s", peer_name(self.client))
+        await self._refuse(503, "too many requests in progress", scope, start)
+        return True
 
     async def _after_failure(self, scope: dict[str, Any], start: float) -> bool:
         """The app failed: answer 500 if nothing is on the wire yet; always close."""

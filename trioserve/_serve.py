@@ -203,7 +203,7 @@ class _Server:
 
         async def counting(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
             nonlocal started
-            if scope["type"] == "http":
+            if scope["type"] != "lifespan":  # http and websocket
                 started += 1
                 if started == limit:
                     log.info("%d requests served (--max-requests): asking to be replaced", limit)
