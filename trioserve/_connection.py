@@ -196,7 +196,8 @@ class _Connection(Writer):
                     # our import time, and most servers never see a WebSocket.
                     from ._websocket import serve_websocket
 
-                    if await self._over_limit(event):
+                    if self._at_limit():
+                        await self._refuse_busy(event)
                         return
                     # A WebSocket is a request in progress for as long as it is open.
                     self.ctx.in_flight += 1
@@ -349,7 +350,8 @@ class _Connection(Writer):
         core = self.core
         log = self.config.access_log
         start = trio.current_time() if log else 0.0
-        if await self._over_limit(scope, start):
+        if self._at_limit():
+            await self._refuse_busy(scope, start)
             return False
         exchange = Exchange(self)
         ctx.in_flight += 1
@@ -397,14 +399,14 @@ class _Connection(Writer):
         await self.finish()
         return False
 
-    async def _over_limit(self, scope: dict[str, Any], start: float = 0.0) -> bool:
-        """At limit_concurrency, answer 503 (and close): True if the request was refused."""
+    def _at_limit(self) -> bool:
         limit = self.config.limit_concurrency
-        if limit is None or self.ctx.in_flight < limit:
-            return False
+        return limit is not None and self.ctx.in_flight >= limit
+
+    async def _refuse_busy(self, scope: dict[str, Any], start: float = 0.0) -> None:
+        """limit_concurrency requests are in progress: 503, and close."""
         error_log.debug("concurrency limit: 503 to %s", peer_name(self.client))
         await self._refuse(503, "too many requests in progress", scope, start)
-        return True
 
     async def _after_failure(self, scope: dict[str, Any], start: float) -> bool:
         """The app failed: answer 500 if nothing is on the wire yet; always close."""
