@@ -21,7 +21,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -30,6 +30,9 @@ from ._config import ServerConfig
 from ._exchange import ClientDisconnected, Exchange, peer_name
 from ._protocol import CLOSED, NEED_DATA, HTTPCore, HTTPError, Phase
 from ._writer import Flusher, Writer
+
+if TYPE_CHECKING:
+    from ._tls import TLSSession
 
 __all__ = ["ClientDisconnected", "ConnectionContext", "serve_connection"]
 
@@ -74,11 +77,12 @@ async def serve_connection(
     server: tuple[str, int | None] | None,
     listener: dict[str, object] | None = None,
     tls: dict[str, object] | None = None,
+    session: TLSSession | None = None,
 ) -> None:
     """Serve HTTP/1.1 requests on `stream` until either side is done, then close it.
 
-    `tls` (the ASGI TLS extension) marks a connection relayed from a TLS client: its scheme
-    is https (see _tls.py; the stream itself is always a plain socket).
+    `session`, a TLS session whose handshake is done, makes it HTTPS over that session; `tls`
+    is then the ASGI TLS extension for the scope.
 
     Never raises for what a peer or an app does: those are answered, logged and closed.
     Cancellation propagates (after the stream is closed).
@@ -91,7 +95,11 @@ async def serve_connection(
         error_log.debug("connection from %s lost before it started: %s", peer_name(client), exc)
         await trio.aclose_forcefully(stream)
         return
-    connection = _Connection(stream, raw, ctx, client, server, listener, tls)
+    if session is None:
+        connection = _Connection(stream, raw, ctx, client, server, listener, tls)
+    else:
+        connection = _TLSConnection(stream, raw, ctx, client, server, listener, tls)
+        connection.session = session
     try:
         raw.setblocking(False)
         await connection.run()
@@ -100,6 +108,7 @@ async def serve_connection(
         error_log.exception("internal error on the connection from %s", peer_name(client))
     finally:
         connection.drop()
+        connection.last_words()
         raw.detach()
         await trio.aclose_forcefully(stream)
 
@@ -275,6 +284,9 @@ class _Connection(Writer):
                     return None
         finally:
             ctx._idle.pop(self, None)
+
+    def last_words(self) -> None:
+        """Anything to send without waiting as the connection closes (TLS: close_notify)."""
 
     def reap(self) -> None:
         """Wake this idle connection to close (from the reaper task)."""
@@ -463,6 +475,46 @@ class _Connection(Writer):
             if self._read_free is not None:
                 self._read_free.set()
                 self._read_free = None
+
+
+class _TLSConnection(_Connection):
+    """The same connection over a TLS session: reads decrypt, writes encrypt (see _tls.py)."""
+
+    __slots__ = ("session",)
+
+    session: TLSSession
+
+    def _recv_now(self) -> bytes | None:
+        try:
+            return self.session.recv(self.raw, _RECEIVE_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError:  # ssl.SSLError too: a broken session is an end of the stream
+            return b""
+
+    def _send_now(self, data: bytes | memoryview) -> int:
+        try:
+            return self.session.send(self.raw, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.broken = True
+            return -1
+
+    async def finish(self) -> None:
+        """close_notify, so the client knows the end is ours and not a cut, then half-close."""
+        if not self.broken:
+            self.session.close_notify()
+            with trio.move_on_after(self.config.write_timeout):
+                while self.session.pending and self._send_now(b"") >= 0:
+                    if self.session.pending:
+                        await trio.lowlevel.wait_writable(self.raw)
+        await super().finish()
+
+    def last_words(self) -> None:
+        if not self.broken:
+            self.session.close_notify()
+            self._send_now(b"")
 
 
 def _is_websocket_request(headers: list[tuple[bytes, bytes]]) -> bool:

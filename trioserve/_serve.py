@@ -40,7 +40,6 @@ from ._tls import (
     TLSContext,
     answer_plain_http,
     handshake_error,
-    relay,
     tls_extension,
 )
 
@@ -314,13 +313,14 @@ class _Server:
         listener: Listener,
         tls: TLSContext,
     ) -> None:
-        """Handshake within its timeout, then serve the engine over a relay (see _tls.py)."""
-        stream, loaded = tls.wrap(trio.SocketStream(sock))
+        """Handshake within its timeout, then serve the engine over the TLS session."""
+        stream = trio.SocketStream(sock)
+        session = tls.session()
         failure = None
         with trio.move_on_after(self.config.tls_handshake_timeout) as scope:
             try:
-                await stream.do_handshake()
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                failure = await session.handshake(sock)
+            except OSError as exc:
                 failure = handshake_error(exc)
         if scope.cancelled_caught:
             failure = f"no handshake in {self.config.tls_handshake_timeout:g} s"
@@ -331,26 +331,18 @@ class _Server:
                 "TLS handshake from %s on %s failed: %s", peer_name(client), listener, failure
             )
             if failure == PLAIN_HTTP_REASON:
-                await answer_plain_http(stream.transport_stream)
+                await answer_plain_http(stream)
             await trio.aclose_forcefully(stream)
             return
-        extension = tls_extension(stream, loaded)
-        engine_side, relay_side = socket.socketpair()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(relay, stream, relay_side, self.config.write_timeout)
-                await serve_connection(
-                    trio.SocketStream(trio.socket.from_stdlib_socket(engine_side)),
-                    self.ctx,
-                    client=client,
-                    server=server,
-                    listener=listener.info(),
-                    tls=extension,
-                )
-        finally:
-            engine_side.close()
-            relay_side.close()
-            await trio.aclose_forcefully(stream)
+        await serve_connection(
+            stream,
+            self.ctx,
+            client=client,
+            server=server,
+            listener=listener.info(),
+            tls=tls_extension(session.ssl_object, session.loaded),
+            session=session,
+        )
 
     async def _accept_loop(self, listener: Listener, nursery: trio.Nursery) -> None:
         """Accept every queued connection before yielding, then wait for the socket to be readable.

@@ -192,7 +192,7 @@ class Writer:
                 self._write_rest, data, sent, name="trioserve streamed write"
             )
 
-    def _send_now(self, data: bytes) -> int:
+    def _send_now(self, data: bytes | memoryview) -> int:
         """One non-blocking send: the bytes it took (0: none fit); -1, and broken, if gone."""
         try:
             return self.raw.send(data)
@@ -225,10 +225,10 @@ class Writer:
             with trio.move_on_after(self._timeout):
                 while True:
                     await trio.lowlevel.wait_writable(raw)
-                    try:
-                        sent += raw.send(view[sent:])
-                    except BlockingIOError:
-                        continue
+                    taken = self._send_now(view[sent:])
+                    if taken < 0:
+                        return False
+                    sent += taken
                     if sent == len(view):
                         return True
             error_log.debug("write timeout on the connection from %s", peer_name(self.client))
