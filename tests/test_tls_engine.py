@@ -186,3 +186,19 @@ async def test_the_server_ends_with_close_notify(ca: tuple[trustme.CA, Path]) ->
             # SSLStream raises BrokenResourceError on an end without close_notify.
             assert await stream.receive_some() == b""
             await stream.aclose()
+
+
+async def test_bytes_after_the_last_request_do_not_reset_the_answer(
+    ca: tuple[trustme.CA, Path],
+) -> None:
+    """The lingering close over TLS: what the client sends after a `Connection: close`
+    request is drained, so our close does not become a reset that destroys the answer."""
+    authority, certfile = ca
+    with trio.fail_after(10):
+        async with serving(certfile) as port:
+            stream = await connect(port, authority)
+            last = b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            await stream.send_all(last + request("/ignored") + b"x" * 300_000)
+            assert await read_response(stream) == b"/last"
+            assert await stream.receive_some() == b""
+            await stream.aclose()

@@ -149,7 +149,13 @@ class TLSSession:
             data = data[await sock.send(data) :]
 
     def recv(self, sock: socket.socket, size: int) -> bytes:
-        """Up to `size` decrypted bytes; b"" at the end; BlockingIOError if none yet."""
+        """Up to `size` decrypted bytes; b"" at the end; BlockingIOError if none yet.
+
+        Once our close_notify is queued, what the client still sends is only drained (the
+        lingering close), so it is returned as it came, undecrypted.
+        """
+        if self._closing:
+            return sock.recv(size)
         while True:
             try:
                 data = self._ssl.read(size)
