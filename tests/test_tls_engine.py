@@ -49,6 +49,9 @@ async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
             piece = BODY[start : start + 1024]
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/fail":
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise RuntimeError("cut short on purpose")
     elif path == "/echo":
         digest = hashlib.sha256()
         more = True
@@ -202,3 +205,22 @@ async def test_bytes_after_the_last_request_do_not_reset_the_answer(
             assert await read_response(stream) == b"/last"
             assert await stream.receive_some() == b""
             await stream.aclose()
+
+
+async def test_a_response_cut_short_ends_without_close_notify(
+    ca: tuple[trustme.CA, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """To an HTTP/1.0 client the body ends where the connection does: a clean TLS end after
+    an app failure would make a cut body look complete."""
+    authority, certfile = ca
+    with trio.fail_after(10):
+        async with serving(certfile) as port:
+            stream = await connect(port, authority)
+            await stream.send_all(b"GET /fail HTTP/1.0\r\nHost: x\r\n\r\n")
+            data = b""
+            with pytest.raises(trio.BrokenResourceError):  # no close_notify: a cut
+                while chunk := await stream.receive_some():
+                    data += chunk
+            assert data.endswith(b"\r\n\r\npartial")
+            await trio.aclose_forcefully(stream)
+    assert any("cut short on purpose" in (r.exc_text or "") for r in caplog.records)

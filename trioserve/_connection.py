@@ -512,7 +512,10 @@ class _TLSConnection(_Connection):
         await super().finish()
 
     def last_words(self) -> None:
-        if not self.broken:
+        # Not after a response cut short: close_notify says "this is the end", and to an
+        # HTTP/1.0 client reading a close-delimited body, a cut must not look like one.
+        core = self.core
+        if not self.broken and (core.response_complete or not core.response_started):
             self.session.close_notify()
             self._send_now(b"")
 
