@@ -10,9 +10,14 @@ the process tree), logs at warning level with access logs off, keeps idle connec
 (so the memory scenario measures connections, not a keep-alive timeout) and otherwise runs with
 its defaults.
 
+For the TLS scenarios every server that can serve HTTPS gets the harness's certificate and key
+(made once per run with openssl, see run.py) through its own flags, and otherwise keeps its own
+TLS defaults (protocol versions, ciphers).
+
 `trio-limit` is not a server but a reference: `trio_limit.py`, trio's streams answering every
 request head with trioserve's hello-world bytes, without parsing HTTP or running an app. It only
-stands in for `apps:hello` under load, so it is measured in the hello load scenarios only.
+stands in for `apps:hello` under load, without TLS, so it is measured in the plain hello load
+scenarios only.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PINS", "SERVERS", "Server", "ensure_venv", "installed_versions"]
+__all__ = ["PINS", "SERVERS", "Server", "Tls", "ensure_venv", "installed_versions"]
 
 PINS = (
     "hypercorn==0.18.0",
@@ -44,46 +49,57 @@ KEEP_ALIVE = "300"
 _STAMP = "bench-stamp.json"
 _BENCH_DIR = Path(__file__).resolve().parent
 
+# (certificate, key) for a server to serve HTTPS with; None serves plain HTTP.
+Tls = tuple[Path, Path] | None
+
 
 @dataclass(frozen=True)
 class Server:
     name: str
     title: str  # how tables and the chart name it
     package: str  # the distribution whose version the report shows
-    argv: Callable[[Path, str, int], list[str]]  # (venv bin dir, "apps:NAME", port) -> argv
+    # (venv bin dir, "apps:NAME", port, TLS certificate and key or None) -> argv
+    argv: Callable[[Path, str, int, Tls], list[str]]
     notify: bool = False  # readiness through NOTIFY_SOCKET, listening on port 0
     # What it can serve: scenario kinds (`load`, `memory`, ...) and apps (`hello`, ...); None is
     # every one. run.py leaves a server out of any scenario it cannot serve.
     kinds: tuple[str, ...] | None = None
     apps: tuple[str, ...] | None = None
+    tls: bool = True  # can serve HTTPS, for the TLS scenarios
     # trioserve built with TRIOSERVE_COMPILE=1 (setup.py): the harness builds that core once
     # per run and puts it first on PYTHONPATH for this server.
     compiled: bool = False
 
-    def serves(self, kind: str, app: str) -> bool:
-        """Whether a scenario of this kind, serving this app, can be run against it."""
-        return (self.kinds is None or kind in self.kinds) and (
-            self.apps is None or app in self.apps
+    def serves(self, kind: str, app: str, *, tls: bool = False) -> bool:
+        """Whether a scenario of this kind, serving this app (over TLS or not), can be run
+        against it."""
+        return (
+            (self.kinds is None or kind in self.kinds)
+            and (self.apps is None or app in self.apps)
+            and (self.tls or not tls)
         )
 
 
-def _trioserve(bin_dir: Path, app: str, port: int) -> list[str]:
-    return [
+def _trioserve(bin_dir: Path, app: str, port: int, tls: Tls) -> list[str]:
+    argv = [
         str(bin_dir / "trioserve"),
         app,
         "--listen",
-        f"127.0.0.1:{port}",
+        f"127.0.0.1:{port}?tls=1" if tls else f"127.0.0.1:{port}",
         "--no-access-log",
         "--log-level",
         "warning",
         "--keep-alive-timeout",
         KEEP_ALIVE,
     ]
+    if tls:
+        argv += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
+    return argv
 
 
-def _hypercorn_trio(bin_dir: Path, app: str, port: int) -> list[str]:
+def _hypercorn_trio(bin_dir: Path, app: str, port: int, tls: Tls) -> list[str]:
     # -w 0 serves in the hypercorn process itself instead of forking one worker.
-    return [
+    argv = [
         str(bin_dir / "hypercorn"),
         "--worker-class",
         "trio",
@@ -95,13 +111,15 @@ def _hypercorn_trio(bin_dir: Path, app: str, port: int) -> list[str]:
         "warning",
         "--bind",
         f"127.0.0.1:{port}",
-        app,
     ]
+    if tls:
+        argv += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
+    return [*argv, app]
 
 
-def _uvicorn(http: str, loop: str) -> Callable[[Path, str, int], list[str]]:
-    def argv(bin_dir: Path, app: str, port: int) -> list[str]:
-        return [
+def _uvicorn(http: str, loop: str) -> Callable[[Path, str, int, Tls], list[str]]:
+    def argv(bin_dir: Path, app: str, port: int, tls: Tls) -> list[str]:
+        command = [
             str(bin_dir / "uvicorn"),
             app,
             "--host",
@@ -120,15 +138,19 @@ def _uvicorn(http: str, loop: str) -> Callable[[Path, str, int], list[str]]:
             "--timeout-keep-alive",
             KEEP_ALIVE,
         ]
+        if tls:
+            command += ["--ssl-certfile", str(tls[0]), "--ssl-keyfile", str(tls[1])]
+        return command
 
     return argv
 
 
-def _granian(bin_dir: Path, app: str, port: int) -> list[str]:
+def _granian(bin_dir: Path, app: str, port: int, tls: Tls) -> list[str]:
     # granian has no HTTP/1 idle timeout to raise. Its --backpressure (requests in progress per
     # worker, open keep-alive connections included) defaults to its backlog, 1,024: the 1,025th
-    # idle connection would never be answered, so it is raised for the idle scenarios.
-    return [
+    # idle connection would never be answered, so it is raised for the idle scenarios. Its TLS
+    # key must be PKCS#8, which is what `openssl req -newkey` writes.
+    argv = [
         str(bin_dir / "granian"),
         "--interface",
         "asgi",
@@ -149,12 +171,15 @@ def _granian(bin_dir: Path, app: str, port: int) -> list[str]:
         "--no-access-log",
         "--log-level",
         "warning",
-        app,
     ]
+    if tls:
+        argv += ["--ssl-certificate", str(tls[0]), "--ssl-keyfile", str(tls[1])]
+    return [*argv, app]
 
 
-def _trio_limit(bin_dir: Path, app: str, port: int) -> list[str]:
-    # Not a server: trio's streams with a canned reply, the ceiling for any server on them.
+def _trio_limit(bin_dir: Path, app: str, port: int, tls: Tls) -> list[str]:
+    # Not a server: trio's streams with a canned reply, the ceiling for any server on them. It
+    # speaks no TLS (tls=False below), so it is never started with a certificate.
     return [str(bin_dir / "python"), str(_BENCH_DIR / "trio_limit.py"), app, str(port)]
 
 
@@ -186,6 +211,7 @@ SERVERS = {
             _trio_limit,
             kinds=("load",),
             apps=("hello",),
+            tls=False,
         ),
     )
 }

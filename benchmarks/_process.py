@@ -9,7 +9,9 @@ Readiness: trioserve is started with `NOTIFY_SOCKET` pointing at a datagram sock
 bound, and is ready when `READY=1` arrives (its `STATUS=` names the port it picked from
 `127.0.0.1:0`). The peers have no such signal here, so they get a port from `PORT_RANGE` and are
 polled with connect attempts every 10 ms under a deadline: acceptable in a benchmark harness, not
-in tests.
+in tests. A server started for a TLS scenario is checked the same way; a check that asks for a
+200 (`request_ok`) then makes its request over TLS, without verifying the self-signed
+certificate: it only checks that the server answers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -46,7 +49,7 @@ PORT_RANGE = range(18000, 19000)
 _port_cursor = random.randrange(len(PORT_RANGE))
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-_STATUS_PORT = re.compile(rb"http://127\.0\.0\.1:(\d+)")
+_STATUS_PORT = re.compile(rb"https?://127\.0\.0\.1:(\d+)")
 _HELLO_REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 
 
@@ -203,13 +206,24 @@ class ServerProcess:
                     os.kill(pid, signal.SIGKILL)
 
 
-def request_ok(port: int, timeout: float = 5.0) -> bool:
-    """One `GET /` on a new connection; True if the answer is a 200."""
+def _unverified_tls() -> ssl.SSLContext:
+    """A client context that accepts any certificate: for readiness checks only (the harness's
+    certificate is self-signed, and the traffic never leaves 127.0.0.1)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def request_ok(port: int, timeout: float = 5.0, *, tls: bool = False) -> bool:
+    """One `GET /` on a new connection (over TLS with `tls`); True if the answer is a 200."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(_HELLO_REQUEST)
-            return sock.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            sock = _unverified_tls().wrap_socket(raw) if tls else raw
+            with sock:
+                sock.sendall(_HELLO_REQUEST)
+                return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:  # ssl.SSLError included
         return False
 
 
@@ -225,13 +239,14 @@ def start_server(
     core: int | None,
     deadline: float = 30.0,
     until_response: bool = False,
+    tls: bool = False,
 ) -> ServerProcess:
     """Start `argv` pinned to `core` and return once it accepts connections.
 
     With `notify`, `argv` listens on port 0 (pass `port=0`) and readiness is `READY=1` on
     `NOTIFY_SOCKET`; otherwise `port` is the one from `free_port()` that `argv` names, and it is
     polled. `until_response` waits for a served 200 rather than an accepted connection (the
-    startup scenario).
+    startup scenario); with `tls` that request is made over TLS.
     """
     command = list(argv)
     if core is not None:
@@ -254,7 +269,9 @@ def start_server(
             )
         server = ServerProcess(name, proc, port, log_path, started_at)
         try:
-            server.port = _wait_ready(server, notify_sock, started_at + deadline, until_response)
+            server.port = _wait_ready(
+                server, notify_sock, started_at + deadline, until_response, tls
+            )
         except BaseException:
             server.kill()
             raise
@@ -271,6 +288,7 @@ def _wait_ready(
     notify_sock: socket.socket | None,
     deadline: float,
     until_response: bool,
+    tls: bool,
 ) -> int:
     port = server.port
     while True:
@@ -292,11 +310,11 @@ def _wait_ready(
             if match is None:
                 raise StartError(f"READY=1 without a 127.0.0.1 port in STATUS: {message!r}")
             port = int(match.group(1))
-            if not until_response or request_ok(port):
+            if not until_response or request_ok(port, tls=tls):
                 return port
             raise StartError(f"{server.name} said READY=1 but did not answer a request")
         if until_response:
-            if request_ok(port, timeout=1.0):
+            if request_ok(port, timeout=1.0, tls=tls):
                 return port
         else:
             with contextlib.suppress(OSError):

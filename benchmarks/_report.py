@@ -5,8 +5,9 @@ for throughput above 1.00x means trioserve is faster; for latency, CPU, memory a
 less is better) below 1.00x means trioserve is better. Each table says which way it reads.
 
 `trio-limit` is a reference rather than a peer: trio's streams with a canned reply (see
-`trio_limit.py`), measured in the hello load scenarios only. Its column and its own section say
-how close trioserve gets to that line; issue 7's targets are never checked against it.
+`trio_limit.py`), measured in the plain (not TLS) hello load scenarios only. Its column and its
+own section say how close trioserve gets to that line; issue 7's targets are never checked
+against it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Four kinds:
 - `load`: wrk against one app for a fixed time after a short warmup at the same concurrency;
   gives req/s, p50/p99 latency and the server's CPU time per request (utime+stime of the server's
   process tree over the measured run, from /proc, divided by the requests wrk counted), and how
-  much of either core anything else took meanwhile (from /proc/stat).
+  much of either core anything else took meanwhile (from /proc/stat). A TLS scenario is the
+  same over HTTPS: the server gets the run's certificate and wrk an `https://` URL.
 - `memory`: the server's RSS after a short warmup, then after a client process has opened N
   keep-alive connections that each did one request and now sit idle; (after - before) / N.
 - `startup`: from spawning the server process to the first 200 it serves, median of three.
@@ -51,6 +52,8 @@ class Scenario:
     app: str  # attribute of benchmarks/apps.py
     connections: int = 0
     script: str | None = None  # wrk lua script in benchmarks/
+    # Over HTTPS with the run's self-signed certificate (Bench.certfile); load scenarios only.
+    tls: bool = False
 
 
 SCENARIOS = {
@@ -64,6 +67,9 @@ SCENARIOS = {
         ),
         Scenario("big-64", "load", "64 KiB response, 64 connections", "big", 64),
         Scenario("upload-16", "load", "1 MiB upload, 16 connections", "upload", 16, "upload.lua"),
+        Scenario(
+            "https-64", "load", "hello world over TLS, 64 connections", "hello", 64, tls=True
+        ),
         Scenario(
             "idle-2000", "memory", "memory per idle keep-alive connection, 2,000", "hello", 2000
         ),
@@ -112,8 +118,19 @@ class Bench:
     load_core: int | None
     source: Path | None = None  # a snapshot holding `trioserve/`, imported instead of the tree
     compiled: Path | None = None  # the same with its HTTP core compiled (trioserve-compiled)
+    # The run's self-signed certificate for 127.0.0.1 and its key, for the TLS scenarios.
+    certfile: Path | None = None
+    keyfile: Path | None = None
 
-    def start(self, server: Server, app: str, *, until_response: bool = False) -> ServerProcess:
+    def start(
+        self, server: Server, app: str, *, until_response: bool = False, tls: bool = False
+    ) -> ServerProcess:
+        """`server` serving `apps:APP`, ready; over HTTPS with `tls`."""
+        certificate = None
+        if tls:
+            if self.certfile is None or self.keyfile is None:
+                raise RuntimeError("a TLS scenario needs the run's certificate and key")
+            certificate = (self.certfile, self.keyfile)
         port = 0 if server.notify else free_port()
         env = {
             "PATH": f"{self.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
@@ -127,7 +144,7 @@ class Bench:
         }
         return start_server(
             server.name,
-            server.argv(self.venv / "bin", f"apps:{app}", port),
+            server.argv(self.venv / "bin", f"apps:{app}", port, certificate),
             port=port,
             notify=server.notify,
             env=env,
@@ -135,6 +152,7 @@ class Bench:
             log_dir=self.log_dir,
             core=self.server_core,
             until_response=until_response,
+            tls=tls,
         )
 
     def measure(self, scenario: Scenario, server: Server) -> Measurement:
@@ -155,8 +173,9 @@ class Bench:
 
     def _wrk(self, proc: ServerProcess, scenario: Scenario, seconds: float) -> _wrk.WrkResult:
         script = self.bench_dir / scenario.script if scenario.script else None
+        scheme = "https" if scenario.tls else "http"
         return _wrk.run(
-            f"http://127.0.0.1:{proc.port}/",
+            f"{scheme}://127.0.0.1:{proc.port}/",
             connections=scenario.connections,
             seconds=seconds,
             core=self.load_core,
@@ -164,9 +183,9 @@ class Bench:
         )
 
     def _load(self, scenario: Scenario, server: Server, result: Measurement) -> None:
-        proc = self.start(server, scenario.app)
+        proc = self.start(server, scenario.app, tls=scenario.tls)
         try:
-            if not request_ok(proc.port):
+            if not request_ok(proc.port, tls=scenario.tls):
                 raise RuntimeError("the server did not answer a first request with a 200")
             if self.server_core is not None and self.load_core is not None:
                 cores = (self.server_core, self.load_core)

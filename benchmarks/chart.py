@@ -7,8 +7,8 @@ Runs in the peers' virtual environment, which has matplotlib (run.py calls it th
 Each panel shows one metric for every server measured in that scenario; trioserve's bar is
 drawn in a different colour, each peer's bar is labelled with trioserve's ratio to it, and a
 load run that shared a core with other work (see run.py's "other load") is hatched. The trio
-limit (trio_limit.py, measured in the hello-world load scenarios only) is not a server: it is
-drawn as a dashed line across its panel, labelled with its req/s and trioserve's ratio to it.
+limit (trio_limit.py, measured in the plain hello-world load scenarios only) is not a server: it
+is drawn as a dashed line across its panel, labelled with its req/s and trioserve's ratio to it.
 """
 
 from __future__ import annotations

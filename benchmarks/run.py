@@ -169,11 +169,28 @@ def _compile(source: Path | None, into: Path) -> Path:
     return into
 
 
-def _probe_trioserve(bench: Bench) -> str:
-    """'' if trioserve starts and answers; otherwise why not (it is then left out)."""
+def _certificate(into: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for 127.0.0.1 (ECDSA P-256, valid one day), made with
+    the openssl command line for the TLS scenarios. wrk does not verify it. The key is PKCS#8,
+    as `openssl req -newkey` writes it, which is what granian requires."""
+    certfile, keyfile = into / "cert.pem", into / "key.pem"
+    command = [
+        "openssl", "req", "-x509",
+        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-nodes", "-days", "1",
+        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        "-keyout", str(keyfile), "-out", str(certfile),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    return certfile, keyfile
+
+
+def _probe_trioserve(bench: Bench, *, tls: bool) -> str:
+    """'' if trioserve starts and answers (over TLS with `tls`); otherwise why not (it is then
+    left out)."""
     try:
-        bench.start(SERVERS["trioserve"], "hello", until_response=True).terminate(10)
-    except (StartError, OSError) as exc:
+        bench.start(SERVERS["trioserve"], "hello", until_response=True, tls=tls).terminate(10)
+    except (StartError, OSError, RuntimeError) as exc:
         return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return ""
 
@@ -196,7 +213,11 @@ def _best_round(rounds: list[Measurement], kind: str) -> Measurement:
 
 
 def _preamble(
-    args: argparse.Namespace, set_name: str, versions: dict[str, str], notes: list[str]
+    args: argparse.Namespace,
+    set_name: str,
+    versions: dict[str, str],
+    notes: list[str],
+    tls: bool,
 ) -> str:
     command = " ".join(["python3 benchmarks/run.py", *sys.argv[1:]])
     shown = ", ".join(f"{name} {version}" for name, version in sorted(versions.items()))
@@ -219,8 +240,20 @@ def _preamble(
         "once more. "
         "Access logs off, log level warning, idle timeouts raised to 300 s; otherwise defaults.",
     ]
+    if tls:
+        lines.append(
+            "- TLS scenarios: every server that serves HTTPS gets the same key and self-signed "
+            "certificate for 127.0.0.1 (ECDSA P-256, made with openssl for this run) and keeps "
+            "its own TLS defaults; wrk connects with an `https://` URL and does not verify the "
+            f"certificate ({_openssl_version()}). Keep-alive: each connection does one handshake."
+        )
     lines += [f"- Note: {note}" for note in notes]
     return "\n".join(lines)
+
+
+def _openssl_version() -> str:
+    done = subprocess.run(["openssl", "version"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "openssl version unknown"
 
 
 def _wrk_version() -> str:
@@ -272,8 +305,19 @@ def main(argv: list[str]) -> int:
                 print(f"could not build trioserve-compiled, left out: {why}", file=sys.stderr)
                 notes.append("trioserve-compiled could not be built (mypyc); left out.")
                 servers.remove("trioserve-compiled")
+        if any(SCENARIOS[name].tls for name in scenarios):
+            try:
+                bench.certfile, bench.keyfile = _certificate(Path(log_dir))
+            except (OSError, subprocess.CalledProcessError) as exc:
+                stderr = getattr(exc, "stderr", None) or b""
+                why = stderr.decode(errors="replace").strip().splitlines()[-1:] or [str(exc)]
+                print(f"could not make a TLS certificate, TLS scenarios left out: {why[0]}")
+                notes.append("openssl could not make a certificate; TLS scenarios left out.")
+                scenarios = [name for name in scenarios if not SCENARIOS[name].tls]
         if "trioserve" in servers:
-            why = _probe_trioserve(bench)
+            # Probe as the run will serve: plain HTTP, TLS, or both.
+            modes = sorted({SCENARIOS[name].tls for name in scenarios})
+            why = next(filter(None, (_probe_trioserve(bench, tls=tls) for tls in modes)), "")
             if why:
                 print(f"trioserve is not runnable, left out: {why}", file=sys.stderr)
                 notes.append(f"trioserve could not be started ({why}); peers only.")
@@ -281,7 +325,9 @@ def main(argv: list[str]) -> int:
         if not servers:
             raise SystemExit("no server to measure")
         if not any(
-            SERVERS[server].serves(SCENARIOS[name].kind, SCENARIOS[name].app)
+            SERVERS[server].serves(
+                SCENARIOS[name].kind, SCENARIOS[name].app, tls=SCENARIOS[name].tls
+            )
             for server in servers
             for name in scenarios
         ):
@@ -290,9 +336,14 @@ def main(argv: list[str]) -> int:
         results: dict[str, dict[str, Measurement]] = {}
         for name in scenarios:
             scenario = SCENARIOS[name]
-            # A reference such as trio-limit serves one app under load only: elsewhere it is
-            # left out, not measured, and the report and chart show nothing for it.
-            serving = [s for s in servers if SERVERS[s].serves(scenario.kind, scenario.app)]
+            # A reference such as trio-limit serves one app under load without TLS only:
+            # elsewhere it is left out, not measured, and the report and chart show nothing
+            # for it.
+            serving = [
+                s
+                for s in servers
+                if SERVERS[s].serves(scenario.kind, scenario.app, tls=scenario.tls)
+            ]
             if not serving:
                 print(f"== {name}: no selected server serves it, skipped", flush=True)
                 continue
@@ -321,7 +372,12 @@ def main(argv: list[str]) -> int:
     today = datetime.date.today().isoformat()
     title = f"trioserve and its peers, {today} ({set_name})"
     report = _report.render(
-        results, servers, title=title, preamble=_preamble(args, set_name, versions, notes)
+        results,
+        servers,
+        title=title,
+        preamble=_preamble(
+            args, set_name, versions, notes, any(SCENARIOS[name].tls for name in results)
+        ),
     )
     print("\n" + report)
 
