@@ -20,6 +20,7 @@ import pytest
 import trio
 import trustme
 
+from tests.asgiserver import request
 from trioserve import ServerConfig
 from trioserve._asgi_types import ASGIReceive, ASGISend, Scope
 from trioserve._serve import serve
@@ -125,14 +126,6 @@ async def read_response(stream: trio.SSLStream[trio.SocketStream], piece: int = 
             return body
 
 
-def request(path: str, body: bytes = b"") -> bytes:
-    method = b"POST" if body else b"GET"
-    head = b"%s %s HTTP/1.1\r\nHost: x\r\n" % (method, path.encode())
-    if body:
-        head += b"content-length: %d\r\n" % len(body)
-    return head + b"\r\n" + body
-
-
 @pytest.mark.parametrize("path", ["/whole", "/stream"])
 async def test_a_slow_reader_gets_every_byte_once_and_in_order(
     ca: tuple[trustme.CA, Path], path: str
@@ -157,7 +150,9 @@ async def test_a_large_upload_over_tls(ca: tuple[trustme.CA, Path]) -> None:
     with trio.fail_after(30):
         async with serving(certfile) as port:
             stream = await connect(port, authority)
-            await stream.send_all(request("/echo", BODY))
+            await stream.send_all(
+                request("/echo", f"content-length: {len(BODY)}", method="POST", body=BODY)
+            )
             assert await read_response(stream) == hashlib.sha256(BODY).hexdigest().encode()
             await stream.aclose()
 

@@ -28,6 +28,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from tests.asgiserver import RawClient, request
 from trioserve import ConfigError, Notifier, ServerConfig
 from trioserve._asgi_types import ASGIReceive, ASGISend, Scope
 from trioserve._serve import serve
@@ -184,15 +185,14 @@ def test_ping_interval_must_be_positive_or_none(interval: float) -> None:
 
 
 async def http_status(port: int) -> int:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        head = b""
-        while b"\r\n" not in head:
-            data = await stream.receive_some()
-            assert data, head
-            head += data
-    return int(head.split()[1])
+    client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+    try:
+        await client.send(request("/"))
+        reply = await client.response()
+    finally:
+        await client.aclose()
+    assert reply is not None
+    return reply.status
 
 
 async def test_an_open_websocket_counts_against_limit_concurrency() -> None:
